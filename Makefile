@@ -1,0 +1,58 @@
+# The developer's and CI's interface to payauth. `make run` and `make test` work on a
+# fresh Debian machine: they create .venv, install the package (compiling protos/ and
+# core_ext/) and install redis-server from Debian packages when it is missing.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+STAMP := $(VENV)/.installed
+SOURCES := pyproject.toml setup.py $(wildcard protos/payauth/v1/*.proto) $(wildcard core_ext/*.pyx)
+
+.PHONY: run test lint compile debug clean system-deps
+
+$(STAMP): $(SOURCES) | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# redis-server (and redis-cli, for the cluster tests) and the OpenSSL headers the
+# Cython keyed hash builds against, from Debian packages when missing.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
+	[ -f /usr/include/openssl/hmac.h ] || missing="$$missing libssl-dev"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+## run: start the server on its embedded Redis with the demo data set
+run: $(STAMP)
+	$(VENV)/bin/payauth serve --demo
+
+## test: the whole test suite (real redis-server, real gRPC server and clients)
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## lint: ruff on the Python sources, buf lint on the protos
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	npm ci --silent --no-audit --no-fund
+	npx buf lint
+
+## compile: rebuild protos and the Cython core in place
+compile: $(STAMP)
+	PAYAUTH_CYTHON_ALWAYS=1 $(PY) -m pip install -q --no-build-isolation -e .
+
+## debug: rebuild the Cython core with line tracing and bounds checks
+debug: $(STAMP)
+	PAYAUTH_CYTHON_ALWAYS=1 PAYAUTH_CYTHON_DEBUG=1 $(PY) -m pip install -q --no-build-isolation -e .
+
+clean:
+	rm -rf build dist *.egg-info $(VENV) node_modules
+	find protos -name '*_pb2*.py*' -delete
+	rm -f protos/payauth/v1/__init__.py core_ext/*.c core_ext/*.html core_ext/*.so

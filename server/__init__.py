@@ -1,0 +1,1 @@
+"""The payauth gRPC server: Authorize pipeline, issuer control, process model."""

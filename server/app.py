@@ -1,0 +1,89 @@
+"""One worker process: a grpc.aio server on uvloop serving payauth.v1 on a shared port.
+
+Each worker binds the same port with SO_REUSEPORT, so the kernel spreads
+connections across workers. SIGTERM drains it: health turns NOT_SERVING first
+(so load balancers stop sending), in-flight calls get the grace period, then
+the worker exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+import grpc
+import uvloop
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from payauth.server.accounts import Accounts
+from payauth.server.authorize import AuthorizePipeline
+from payauth.server.config import Settings
+from payauth.server.pan import PanHasher, load_or_create_key
+from payauth.server.servicers import Authorizer, IssuerControl, Loyalty
+from payauth.server.store import Store
+from payauth.v1 import (
+    authorizer_pb2,
+    authorizer_pb2_grpc,
+    issuer_pb2,
+    issuer_pb2_grpc,
+    loyalty_pb2,
+    loyalty_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    authorizer_pb2.DESCRIPTOR.services_by_name["Authorizer"].full_name,
+    issuer_pb2.DESCRIPTOR.services_by_name["IssuerControl"].full_name,
+    loyalty_pb2.DESCRIPTOR.services_by_name["Loyalty"].full_name,
+)
+
+# Long-lived gateway connections are closed now and then so that clients
+# reconnect and SO_REUSEPORT spreads them over the workers again.
+SERVER_OPTIONS = (
+    ("grpc.so_reuseport", 1),
+    ("grpc.max_connection_age_ms", 5 * 60 * 1000),
+    ("grpc.max_connection_age_grace_ms", 30 * 1000),
+)
+
+
+async def serve_worker(settings: Settings, redis_url: str, port: int,
+                       on_ready: Callable[[], None]) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and return."""
+    store = Store.connect(redis_url, settings.redis_cluster, settings.redis_timeout_s)
+    pans = PanHasher(load_or_create_key(settings.pan_key_path, create=False))
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    authorizer_pb2_grpc.add_AuthorizerServicer_to_server(
+        Authorizer(AuthorizePipeline(store, pans, settings)), server)
+    issuer_pb2_grpc.add_IssuerControlServicer_to_server(
+        IssuerControl(Accounts(store, pans)), server)
+    loyalty_pb2_grpc.add_LoyaltyServicer_to_server(Loyalty(), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    server.add_insecure_port(f"{settings.host}:{port}")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    on_ready()
+    await stopping.wait()
+    log.info("draining: health NOT_SERVING, waiting up to %.1f s for in-flight calls",
+             settings.grace_s)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.grace_s)
+    await store.close()
+
+
+def run_worker(settings: Settings, redis_url: str, port: int,
+               on_ready: Callable[[], None]) -> None:
+    """Entry point of a worker process: uvloop, then serve_worker."""
+    uvloop.run(serve_worker(settings, redis_url, port, on_ready))

@@ -1,0 +1,230 @@
+"""The Authorize pipeline (brief §4), as far as this version reaches:
+
+validate -> idempotency -> card and account status -> funds check and atomic
+hold -> decision event.
+
+Two Redis round trips in the steady state: one pipelined read of everything
+the decision needs (card, account, stored answer, request_id claim), then one
+atomic commit (a Redis Function on the account's partition) that re-checks the
+account and funds, places the hold, stores the answer and appends the event.
+Hot lists, features, the risk model, issuer and merchant policies and loyalty
+slot in between the read and the commit; the commit already carries a
+pre-built response and event so they add fields, not round trips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from payauth.server import keys
+from payauth.server.card_routes import CardRoute, CardRoutes
+from payauth.server.config import Settings
+from payauth.server.errors import AbortedError, AlreadyExistsError, unimplemented
+from payauth.server.pan import PanHasher
+from payauth.server.responses import CARD_STATUS_DECLINES, apply_outcome, decline
+from payauth.server.store import AuthorizationSnapshot, CommitResult, Store
+from payauth.server.validation import check_authorize
+from payauth.v1 import authorizer_pb2, common_pb2, events_pb2
+
+Clock = Callable[[], float]
+
+
+def _conflict() -> AlreadyExistsError:
+    return AlreadyExistsError(
+        "request_id was already used for a different request; a retry must repeat the "
+        "original request unchanged",
+        [("request_id", "already used for a different request")],
+    )
+
+
+def request_fingerprint(request: authorizer_pb2.AuthorizeRequest, pan_hash: str | None) -> str:
+    """A digest of everything in the request but its request_id (the PAN as its hash)."""
+    body = authorizer_pb2.AuthorizeRequest()
+    body.CopyFrom(request)
+    body.request_id = ""
+    if pan_hash is not None:
+        body.pan = pan_hash
+    return hashlib.blake2b(body.SerializeToString(deterministic=True), digest_size=16).hexdigest()
+
+
+def card_expired(expiry_year: int, expiry_month: int, now_s: float) -> bool:
+    """True when the card's printed expiry month is over (valid through its last day)."""
+    if not expiry_year:
+        return False
+    today = datetime.fromtimestamp(now_s, UTC)
+    return (today.year, today.month) > (expiry_year, expiry_month)
+
+
+def new_authorization_id(partition: int) -> str:
+    """An authorization id that names its partition, so lifecycle calls find the hold."""
+    return f"A{partition}-{secrets.token_hex(8)}"
+
+
+class AuthorizePipeline:
+    """Decides authorization requests against the state in Redis."""
+
+    def __init__(self, store: Store, pans: PanHasher, settings: Settings,
+                 clock: Clock = time.time, routes: CardRoutes | None = None) -> None:
+        self._store = store
+        self._pans = pans
+        self._settings = settings
+        self._clock = clock
+        self._routes = routes or CardRoutes()
+        self._idem_ttl_ms = settings.idempotency_ttl_s * 1000
+        self._hold_ttl_ms = settings.hold_ttl_s * 1000
+
+    async def authorize(
+        self, request: authorizer_pb2.AuthorizeRequest
+    ) -> authorizer_pb2.AuthorizeResponse:
+        """Decide one request; raise PayauthError for refusals that are not decisions."""
+        now = self._clock()
+        check_authorize(request, now, self._settings.max_clock_skew_future_s,
+                        self._settings.max_clock_skew_past_s)
+        if request.payment_method == common_pb2.PAYMENT_METHOD_POINTS or request.points_to_redeem:
+            raise unimplemented("Paying with loyalty points (the loyalty engine)")
+        pan_hash = self._pans.hash(request.pan) if request.pan else None
+        reference = f"pan:{pan_hash}" if pan_hash else f"tok:{request.card_token}"
+        fingerprint = request_fingerprint(request, pan_hash)
+
+        for _ in range(2):
+            route = self._routes.get(reference)
+            if route is None:
+                route = await self._look_up(request.card_token, pan_hash)
+                if route is None:
+                    return await self._unknown_card(request, fingerprint, now)
+            snapshot = await self._store.read_authorization(
+                route.card_token, route.account_id, request.request_id, fingerprint,
+                self._idem_ttl_ms, pan_hash,
+            )
+            if _route_is_stale(route, snapshot, pan_hash):
+                self._routes.forget(reference)
+                continue
+            self._routes.remember(reference, route)
+            return await self._decide(request, route, snapshot, fingerprint, now)
+        raise AbortedError("the card was changed while it was being authorized; retry the request")
+
+    async def _look_up(self, card_token: str, pan_hash: str | None) -> CardRoute | None:
+        if pan_hash is not None:
+            card_token = await self._store.card_token_for_pan(pan_hash) or ""
+            if not card_token:
+                return None
+        account_id = await self._store.card_account(card_token)
+        return CardRoute(card_token, account_id) if account_id else None
+
+    async def _decide(self, request: authorizer_pb2.AuthorizeRequest, route: CardRoute,
+                      snapshot: AuthorizationSnapshot, fingerprint: str,
+                      now: float) -> authorizer_pb2.AuthorizeResponse:
+        if snapshot.claim_fingerprint != fingerprint:
+            raise _conflict()
+        stored = snapshot.stored or snapshot.claim_answer
+        if stored is not None:
+            if snapshot.stored is not None and snapshot.stored_fingerprint != fingerprint:
+                raise _conflict()
+            response = authorizer_pb2.AuthorizeResponse.FromString(stored.base)
+            response.replayed = True
+            return apply_outcome(response, stored.outcome, stored.approved,
+                                 stored.authorization_id, stored.decided_ms)
+
+        response = authorizer_pb2.AuthorizeResponse(request_id=request.request_id,
+                                                    currency=request.currency)
+        card, account = snapshot.card, snapshot.account
+        assert card is not None  # a stale route was retried above
+        hold = False
+        if card.status in CARD_STATUS_DECLINES:
+            code, text = CARD_STATUS_DECLINES[card.status]
+            decline(response, code, "card.status", text)
+        elif card_expired(card.expiry_year, card.expiry_month, now):
+            decline(response, common_pb2.RESPONSE_CODE_54_EXPIRED_CARD, "card.expiry",
+                    "card is past its expiry date")
+        elif account is None:
+            decline(response, common_pb2.RESPONSE_CODE_14_INVALID_CARD_NUMBER,
+                    "account.unknown", "card's account does not exist")
+        else:
+            # Account status, currency and funds are decided by the commit, atomically.
+            hold = True
+
+        partition = keys.partition_of(route.account_id)
+        authorization_id = new_authorization_id(partition) if hold else ""
+        now_ms = int(now * 1000)
+        event = _event(request, response, route, partition, now_ms)
+        result = await self._store.commit_authorization(
+            account_id=route.account_id,
+            request_id=request.request_id,
+            fingerprint=fingerprint,
+            hold=hold,
+            amount=request.amount_minor,
+            partial_ok=request.partial_ok,
+            currency=request.currency,
+            merchant_id=request.merchant_id,
+            now_ms=now_ms,
+            expires_ms=now_ms + self._hold_ttl_ms,
+            authorization_id=authorization_id,
+            idempotency_ttl_ms=self._idem_ttl_ms,
+            base=response.SerializeToString(),
+            event=event.SerializeToString(),
+        )
+        return _answer(response, result)
+
+    async def _unknown_card(self, request: authorizer_pb2.AuthorizeRequest, fingerprint: str,
+                            now: float) -> authorizer_pb2.AuthorizeResponse:
+        response = decline(
+            authorizer_pb2.AuthorizeResponse(request_id=request.request_id,
+                                             currency=request.currency),
+            common_pb2.RESPONSE_CODE_14_INVALID_CARD_NUMBER, "card.unknown",
+            "card is not known to the issuer",
+        )
+        now_ms = int(now * 1000)
+        event = _event(request, response, None, keys.partition_of(request.request_id), now_ms)
+        result = await self._store.record_unrouted(
+            request_id=request.request_id, fingerprint=fingerprint, now_ms=now_ms,
+            idempotency_ttl_ms=self._idem_ttl_ms, base=response.SerializeToString(),
+            event=event.SerializeToString(),
+        )
+        return _answer(response, result)
+
+
+def _route_is_stale(route: CardRoute, snapshot: AuthorizationSnapshot,
+                    pan_hash: str | None) -> bool:
+    card = snapshot.card
+    if card is None or card.account_id != route.account_id:
+        return True
+    return pan_hash is not None and (snapshot.pan_token != route.card_token
+                                     or card.pan_hash != pan_hash)
+
+
+def _answer(response: authorizer_pb2.AuthorizeResponse,
+            result: CommitResult) -> authorizer_pb2.AuthorizeResponse:
+    """The response a commit result stands for: ours, or the stored first answer."""
+    if result.status == "conflict":
+        raise _conflict()
+    answer = result.answer
+    assert answer is not None
+    if result.status == "replay":
+        response = authorizer_pb2.AuthorizeResponse.FromString(answer.base)
+        response.replayed = True
+    return apply_outcome(response, answer.outcome, answer.approved, answer.authorization_id,
+                         answer.decided_ms)
+
+
+def _event(request: authorizer_pb2.AuthorizeRequest, response: authorizer_pb2.AuthorizeResponse,
+           route: CardRoute | None, partition: int, now_ms: int) -> events_pb2.DecisionEvent:
+    """The decision event as far as known before the commit (which adds the funds outcome)."""
+    event = events_pb2.DecisionEvent(
+        partition=partition,
+        kind=events_pb2.EVENT_KIND_AUTHORIZATION,
+        request_id=request.request_id,
+        account_id=route.account_id if route else "",
+        card_token=route.card_token if route else "",
+        merchant_id=request.merchant_id,
+        mcc=request.mcc,
+        amount_minor=request.amount_minor,
+        currency=request.currency,
+        channel=request.channel,
+        response=response,
+    )
+    event.occurred_at.FromMilliseconds(now_ms)
+    return event

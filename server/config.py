@@ -1,0 +1,151 @@
+"""Server settings, from command-line flags with `PAYAUTH_*` environment defaults.
+
+One frozen dataclass is built at start-up and handed to every worker, so a
+worker never reads the environment on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_PREFIX = "PAYAUTH_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a `payauth serve` process and its workers need to know."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    workers: int = 1
+    redis_url: str | None = None
+    redis_cluster: bool = False
+    data_dir: Path = Path("var")
+    pan_key_file: Path | None = None
+    redis_server_bin: str = "redis-server"
+    hold_ttl_s: int = 7 * 24 * 3600
+    idempotency_ttl_s: int = 7 * 24 * 3600
+    max_clock_skew_future_s: int = 300
+    max_clock_skew_past_s: int = 24 * 3600
+    grace_s: float = 10.0
+    redis_timeout_s: float = 0.5
+    log_level: str = "INFO"
+    demo: bool = False
+
+    @property
+    def embedded_redis(self) -> bool:
+        """True when the server starts and owns its private redis-server."""
+        return self.redis_url is None
+
+    @property
+    def pan_key_path(self) -> Path:
+        """Where the PAN hashing secret is read from (generated there when absent)."""
+        return self.pan_key_file or self.data_dir / "pan.key"
+
+
+def _env(name: str, default: str | None) -> str | None:
+    return os.environ.get(ENV_PREFIX + name.upper(), default)
+
+
+def _env_bool(name: str) -> bool:
+    return (_env(name, "") or "").lower() in {"1", "true", "yes", "on"}
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the flags of `payauth serve`; each defaults to its PAYAUTH_* variable."""
+    d = Settings()
+    parser.add_argument("--host", default=_env("host", d.host),
+                        help="address to listen on; plain-text gRPC is served on loopback only "
+                             "(PAYAUTH_HOST, default %(default)s)")
+    parser.add_argument("--port", type=int, default=int(_env("port", str(d.port))),
+                        help="port to listen on, 0 for a free one (PAYAUTH_PORT, default "
+                             "%(default)s)")
+    parser.add_argument("--workers", type=int,
+                        default=int(_env("workers", str(os.cpu_count() or 1))),
+                        help="server processes sharing the port through SO_REUSEPORT "
+                             "(PAYAUTH_WORKERS, default: number of cores)")
+    parser.add_argument("--redis-url", default=_env("redis_url", None),
+                        help="use this Redis as it is (redis://, rediss:// or unix://); without "
+                             "it the server runs a private redis-server under --data-dir "
+                             "(PAYAUTH_REDIS_URL)")
+    parser.add_argument("--redis-cluster", action="store_true", default=_env_bool("redis_cluster"),
+                        help="--redis-url names a node of a Redis Cluster (PAYAUTH_REDIS_CLUSTER)")
+    parser.add_argument("--data-dir", type=Path, default=Path(_env("data_dir", str(d.data_dir))),
+                        help="folder of the embedded Redis data, the PAN key and the lock "
+                             "(PAYAUTH_DATA_DIR, default %(default)s)")
+    parser.add_argument("--pan-key-file", type=Path,
+                        default=_optional_path(_env("pan_key_file", None)),
+                        help="file holding the PAN hashing secret (64+ hex characters); "
+                             "default <data-dir>/pan.key, generated on first start "
+                             "(PAYAUTH_PAN_KEY_FILE)")
+    parser.add_argument("--redis-server-bin", default=_env("redis_server_bin", d.redis_server_bin),
+                        help="redis-server executable for the embedded Redis "
+                             "(PAYAUTH_REDIS_SERVER_BIN)")
+    parser.add_argument("--hold-ttl", dest="hold_ttl_s", type=int,
+                        default=int(_env("hold_ttl", str(d.hold_ttl_s))),
+                        help="seconds an authorization hold lives unless captured or reversed "
+                             "(PAYAUTH_HOLD_TTL, default %(default)s)")
+    parser.add_argument("--idempotency-ttl", dest="idempotency_ttl_s", type=int,
+                        default=int(_env("idempotency_ttl", str(d.idempotency_ttl_s))),
+                        help="seconds a request_id and its answer are remembered "
+                             "(PAYAUTH_IDEMPOTENCY_TTL, default %(default)s)")
+    parser.add_argument("--grace", dest="grace_s", type=float,
+                        default=float(_env("grace", str(d.grace_s))),
+                        help="seconds SIGTERM waits for in-flight calls (PAYAUTH_GRACE)")
+    parser.add_argument("--redis-timeout", dest="redis_timeout_s", type=float,
+                        default=float(_env("redis_timeout", str(d.redis_timeout_s))),
+                        help="seconds a Redis call may take before the request fails "
+                             "(PAYAUTH_REDIS_TIMEOUT)")
+    parser.add_argument("--log-level", default=_env("log_level", d.log_level),
+                        help="DEBUG, INFO, WARNING or ERROR (PAYAUTH_LOG_LEVEL)")
+    parser.add_argument("--demo", action="store_true", default=_env_bool("demo"),
+                        help="load the demo issuer, accounts and cards once the server is up "
+                             "(PAYAUTH_DEMO)")
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Build and check the settings; raise ValueError with a clear message when wrong."""
+    if args.workers < 1:
+        raise ValueError("--workers must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise ValueError("--port must be between 0 and 65535")
+    if not _is_loopback(args.host):
+        raise ValueError(
+            f"--host {args.host} is not a loopback address: plain-text gRPC is served on "
+            "loopback only"
+        )
+    if args.redis_cluster and not args.redis_url:
+        raise ValueError("--redis-cluster needs --redis-url")
+    return Settings(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        redis_url=args.redis_url,
+        redis_cluster=args.redis_cluster,
+        data_dir=args.data_dir.resolve(),
+        pan_key_file=args.pan_key_file.resolve() if args.pan_key_file else None,
+        redis_server_bin=args.redis_server_bin,
+        hold_ttl_s=args.hold_ttl_s,
+        idempotency_ttl_s=args.idempotency_ttl_s,
+        grace_s=args.grace_s,
+        redis_timeout_s=args.redis_timeout_s,
+        log_level=args.log_level.upper(),
+        demo=args.demo,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,82 @@
+"""The Redis key layout: every key payauth writes, and the hash tag it lives under.
+
+All keys of one account share the hash tag of its partition, `{pN}`, so the
+authorization commit (account, hold, idempotency record, event stream) is one
+atomic Function call on a single Redis and on Redis Cluster alike. Keys found
+by something other than the account (a card by its token, a PAN index by its
+hash, a request_id claim) live in the partition of that identifier.
+
+The number of partitions is fixed for the life of the data: it is recorded in
+`META` on first start, and a server configured otherwise refuses to start.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+PARTITIONS = 1024
+META = "payauth:meta"
+
+
+def partition_of(identifier: str) -> int:
+    """The partition an identifier belongs to: CRC-32 of its UTF-8 bytes, modulo PARTITIONS."""
+    return zlib.crc32(identifier.encode()) % PARTITIONS
+
+
+def tag(partition: int) -> str:
+    """The Redis Cluster hash tag of a partition."""
+    return f"{{p{partition}}}"
+
+
+def account(partition: int, account_id: str) -> str:
+    """HASH: kind, status, currency, balance, limit, held, created_ms, updated_ms."""
+    return f"acct:{{p{partition}}}:{account_id}"
+
+
+def account_holds(partition: int, account_id: str) -> str:
+    """ZSET: the account's active authorization ids, scored by expiry (ms)."""
+    return f"holds:{{p{partition}}}:{account_id}"
+
+
+def hold(partition: int, authorization_id: str) -> str:
+    """HASH: one authorization hold (account, amount, request, merchant, times, status)."""
+    return f"hold:{{p{partition}}}:{authorization_id}"
+
+
+def expiries(partition: int) -> str:
+    """ZSET: every active hold of the partition, scored by expiry (ms), for the sweeper."""
+    return f"expiries:{{p{partition}}}"
+
+
+def idempotency(partition: int, request_id: str) -> str:
+    """HASH: the stored answer to an authorization, written by its commit."""
+    return f"idem:{{p{partition}}}:{request_id}"
+
+
+def events(partition: int) -> str:
+    """STREAM: the partition's decision and lifecycle events."""
+    return f"events:{{p{partition}}}"
+
+
+def card(card_token: str) -> str:
+    """HASH: a card (account, status, expiry, PAN hash) in its token's partition."""
+    return f"card:{{p{partition_of(card_token)}}}:{card_token}"
+
+
+def pan_index(pan_hash: str) -> str:
+    """STRING: the token of the card a PAN hash belongs to."""
+    return f"pan:{{p{partition_of(pan_hash)}}}:{pan_hash}"
+
+
+def request_claim(request_id: str) -> str:
+    """HASH: binds a request_id to one request body (fingerprint); holds the answer when
+    no account partition took it (unknown card)."""
+    return f"req:{{p{partition_of(request_id)}}}:{request_id}"
+
+
+def partition_from_authorization_id(authorization_id: str) -> int:
+    """The partition encoded in an authorization id (`A<partition>-<random>`)."""
+    head, _, _ = authorization_id.partition("-")
+    if not head.startswith("A") or not head[1:].isdigit():
+        raise ValueError("not a payauth authorization id")
+    return int(head[1:])

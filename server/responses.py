@@ -1,0 +1,81 @@
+"""Decisions as the acquirer sees them: ISO 8583 response codes, reasons, and the
+mapping from a commit's funds outcome to a response.
+
+The commit Function decides funds (approved, partial, insufficient...) and
+stores only that outcome beside the rest of the response; `apply_outcome`
+rebuilds the same response from it, for the first answer and for every replay.
+"""
+
+from __future__ import annotations
+
+from payauth.v1 import authorizer_pb2, common_pb2
+
+ISO_CODES: dict[int, str] = {
+    number: name.split("_")[2]
+    for name, number in common_pb2.ResponseCode.items()
+    if number != common_pb2.RESPONSE_CODE_UNSPECIFIED
+}
+
+CARD_STATUS_DECLINES: dict[int, tuple[int, str]] = {
+    common_pb2.CARD_STATUS_BLOCKED: (common_pb2.RESPONSE_CODE_62_RESTRICTED_CARD,
+                                     "card is blocked"),
+    common_pb2.CARD_STATUS_LOST: (common_pb2.RESPONSE_CODE_41_LOST_CARD,
+                                  "card is reported lost"),
+    common_pb2.CARD_STATUS_STOLEN: (common_pb2.RESPONSE_CODE_43_STOLEN_CARD,
+                                    "card is reported stolen"),
+    common_pb2.CARD_STATUS_EXPIRED: (common_pb2.RESPONSE_CODE_54_EXPIRED_CARD,
+                                     "card is expired"),
+}
+
+# outcome -> (decision, response code, reason id, reason text); None where the
+# outcome adds no reason.
+_OUTCOMES: dict[str, tuple[int, int, str, str] | None] = {
+    "approved": None,
+    "partial": (common_pb2.DECISION_APPROVE, common_pb2.RESPONSE_CODE_10_PARTIAL_APPROVAL,
+                "funds.partial", "approved for the available amount only"),
+    "insufficient": (common_pb2.DECISION_DECLINE, common_pb2.RESPONSE_CODE_51_INSUFFICIENT_FUNDS,
+                     "funds.insufficient", "available funds or credit do not cover the amount"),
+    "account_closed": (common_pb2.DECISION_DECLINE, common_pb2.RESPONSE_CODE_46_CLOSED_ACCOUNT,
+                       "account.status", "account is closed"),
+    "account_frozen": (common_pb2.DECISION_DECLINE, common_pb2.RESPONSE_CODE_62_RESTRICTED_CARD,
+                       "account.status", "account is frozen"),
+    "account_missing": (common_pb2.DECISION_DECLINE,
+                        common_pb2.RESPONSE_CODE_14_INVALID_CARD_NUMBER,
+                        "account.unknown", "card's account does not exist"),
+    "currency_mismatch": (common_pb2.DECISION_DECLINE,
+                          common_pb2.RESPONSE_CODE_57_NOT_PERMITTED_TO_CARDHOLDER,
+                          "txn.currency", "purchase currency differs from the account's"),
+}
+
+
+def set_code(response: authorizer_pb2.AuthorizeResponse, decision: int, code: int) -> None:
+    """Set the decision and the response code in both its forms."""
+    response.decision = decision
+    response.response_code = code
+    response.iso_response_code = ISO_CODES[code]
+
+
+def decline(response: authorizer_pb2.AuthorizeResponse, code: int, rule_id: str,
+            text: str) -> authorizer_pb2.AuthorizeResponse:
+    """Make `response` a decline with one reason; return it."""
+    set_code(response, common_pb2.DECISION_DECLINE, code)
+    response.reasons.add(rule_id=rule_id, text=text)
+    response.approved_amount_minor = 0
+    return response
+
+
+def apply_outcome(response: authorizer_pb2.AuthorizeResponse, outcome: str, approved: int,
+                  authorization_id: str, decided_ms: int) -> authorizer_pb2.AuthorizeResponse:
+    """Complete a response with what the commit decided; 'final' leaves it as it is."""
+    response.decided_at.FromMilliseconds(decided_ms)
+    if outcome == "final":
+        return response
+    if outcome == "approved":
+        set_code(response, common_pb2.DECISION_APPROVE, common_pb2.RESPONSE_CODE_00_APPROVED)
+    else:
+        decision, code, rule_id, text = _OUTCOMES[outcome]  # type: ignore[misc]
+        set_code(response, decision, code)
+        response.reasons.add(rule_id=rule_id, text=text)
+    response.approved_amount_minor = approved
+    response.authorization_id = authorization_id
+    return response

@@ -1,0 +1,147 @@
+"""The gRPC surface: one servicer per service of payauth.v1, named like the RPCs.
+
+Servicers only adapt: they hand requests to the pipeline or to `accounts` and
+let `@translate_errors` turn refusals into statuses. RPCs that later parts of
+payauth serve answer UNIMPLEMENTED with a message naming what is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from payauth.server.accounts import Accounts
+from payauth.server.authorize import AuthorizePipeline
+from payauth.server.errors import translate_errors, unimplemented
+from payauth.v1 import (
+    authorizer_pb2,
+    authorizer_pb2_grpc,
+    issuer_pb2,
+    issuer_pb2_grpc,
+    lifecycle_pb2,
+    loyalty_pb2_grpc,
+)
+
+LIFECYCLE = "the authorization lifecycle (capture, reversal, refund, expiry)"
+LOYALTY = "The loyalty points engine"
+
+
+async def _refuse(context: grpc.aio.ServicerContext, what: str) -> None:
+    error = unimplemented(what)
+    await context.abort(error.code, error.message)
+
+
+class Authorizer(authorizer_pb2_grpc.AuthorizerServicer):
+    """payauth.v1.Authorizer: the acquirer's calls."""
+
+    def __init__(self, pipeline: AuthorizePipeline) -> None:
+        self._pipeline = pipeline
+
+    @translate_errors
+    async def Authorize(  # noqa: N802 - gRPC method name
+        self, request: authorizer_pb2.AuthorizeRequest, context: grpc.aio.ServicerContext
+    ) -> authorizer_pb2.AuthorizeResponse:
+        return await self._pipeline.authorize(request)
+
+    async def AuthorizeStream(  # noqa: N802
+        self, request_iterator: AsyncIterator[authorizer_pb2.AuthorizeRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        await _refuse(context, "AuthorizeStream (the bidirectional stream for high-volume "
+                               "gateways)")
+
+    async def Capture(  # noqa: N802
+        self, request: lifecycle_pb2.CaptureRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await _refuse(context, f"Capture, part of {LIFECYCLE},")
+
+    async def Reverse(  # noqa: N802
+        self, request: lifecycle_pb2.ReverseRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await _refuse(context, f"Reverse, part of {LIFECYCLE},")
+
+    async def Refund(  # noqa: N802
+        self, request: lifecycle_pb2.RefundRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await _refuse(context, f"Refund, part of {LIFECYCLE},")
+
+    async def UpsertMerchantPolicy(  # noqa: N802
+        self, request: lifecycle_pb2.UpsertMerchantPolicyRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        await _refuse(context, "UpsertMerchantPolicy (merchant collaboration on soft declines)")
+
+
+class IssuerControl(issuer_pb2_grpc.IssuerControlServicer):
+    """payauth.v1.IssuerControl: the issuer's calls."""
+
+    def __init__(self, accounts: Accounts) -> None:
+        self._accounts = accounts
+
+    @translate_errors
+    async def UpsertAccount(  # noqa: N802
+        self, request: issuer_pb2.UpsertAccountRequest, context: grpc.aio.ServicerContext
+    ) -> issuer_pb2.UpsertAccountResponse:
+        return await self._accounts.upsert_account(request)
+
+    @translate_errors
+    async def GetAccount(  # noqa: N802
+        self, request: issuer_pb2.GetAccountRequest, context: grpc.aio.ServicerContext
+    ) -> issuer_pb2.GetAccountResponse:
+        return await self._accounts.get_account(request)
+
+    @translate_errors
+    async def UpsertCard(  # noqa: N802
+        self, request: issuer_pb2.UpsertCardRequest, context: grpc.aio.ServicerContext
+    ) -> issuer_pb2.UpsertCardResponse:
+        return await self._accounts.upsert_card(request)
+
+    @translate_errors
+    async def SetCardStatus(  # noqa: N802
+        self, request: issuer_pb2.SetCardStatusRequest, context: grpc.aio.ServicerContext
+    ) -> issuer_pb2.SetCardStatusResponse:
+        return await self._accounts.set_card_status(request)
+
+    async def StreamPolicies(self, request_iterator, context):  # noqa: N802, ANN001
+        await _refuse(context, "StreamPolicies (issuer policies in the CEL decision core)")
+
+    async def UpdateLists(self, request, context):  # noqa: N802, ANN001
+        await _refuse(context, "UpdateLists (hot lists and block lists)")
+
+    async def SetFxRates(self, request, context):  # noqa: N802, ANN001
+        await _refuse(context, "SetFxRates (currency conversion)")
+
+    async def LoadModel(self, request, context):  # noqa: N802, ANN001
+        await _refuse(context, "LoadModel (scoring models in the decision core)")
+
+    async def Backtest(self, request, context):  # noqa: N802, ANN001
+        await _refuse(context, "Backtest (policy backtests over recorded decisions)")
+
+    async def WatchDecisions(self, request, context):  # noqa: N802, ANN001
+        await _refuse(context, "WatchDecisions (the live decision feed)")
+
+
+class Loyalty(loyalty_pb2_grpc.LoyaltyServicer):
+    """payauth.v1.Loyalty: answered UNIMPLEMENTED until the points engine is served."""
+
+    async def UpsertProgram(self, request, context):  # noqa: N802, ANN001
+        await _refuse(context, f"{LOYALTY} (UpsertProgram)")
+
+    async def GetBalance(self, request, context):  # noqa: N802, ANN001
+        await _refuse(context, f"{LOYALTY} (GetBalance)")
+
+    async def Earn(self, request, context):  # noqa: N802, ANN001
+        await _refuse(context, f"{LOYALTY} (Earn)")
+
+    async def Redeem(self, request, context):  # noqa: N802, ANN001
+        await _refuse(context, f"{LOYALTY} (Redeem)")
+
+    async def Adjust(self, request, context):  # noqa: N802, ANN001
+        await _refuse(context, f"{LOYALTY} (Adjust)")
+
+    async def ListActivity(self, request, context):  # noqa: N802, ANN001
+        await _refuse(context, f"{LOYALTY} (ListActivity)")
+
+    async def WatchBalance(self, request, context):  # noqa: N802, ANN001
+        await _refuse(context, f"{LOYALTY} (WatchBalance)")
