@@ -34,14 +34,17 @@ system-deps:
 run: $(STAMP)
 	$(VENV)/bin/payauth serve --demo
 
+node_modules/.installed: package.json package-lock.json
+	npm ci --silent --no-audit --no-fund
+	touch $@
+
 ## test: the whole test suite (real redis-server, real gRPC server and clients)
-test: $(STAMP)
+test: $(STAMP) node_modules/.installed
 	$(PY) -m pytest -q
 
 ## lint: ruff on the Python sources, buf lint on the protos
-lint: $(STAMP)
+lint: $(STAMP) node_modules/.installed
 	$(VENV)/bin/ruff check .
-	npm ci --silent --no-audit --no-fund
 	npx buf lint
 
 ## compile: rebuild protos and the Cython core in place

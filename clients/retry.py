@@ -9,8 +9,9 @@ The rule, shared by the sync and async clients:
   GetAccount, Backtest, GetBalance and ListActivity, and the setters SetCardStatus, UpdateLists,
   SetFxRates and LoadModel. UpsertCard is idempotent only when `card_token` is set: without
   one the server generates a new card on every call.
-- An idempotent call is retried on UNAVAILABLE (the server was unreachable or shutting down) and
-  on DEADLINE_EXCEEDED (the attempt may or may not have run; repeating it is safe). Every other
+- An idempotent call is retried on UNAVAILABLE (the server was unreachable or shutting down), on
+  CANCELLED (a draining server cancels the calls it had queued but not started) and on
+  DEADLINE_EXCEEDED (the attempt may or may not have run; repeating it is safe). Every other
   status is final: retrying a bad request or a missing card gives the same answer.
 - Streaming calls are never retried: the client cannot know which messages were processed.
 - Before retry n (n = 1, 2, ...) the client sleeps a "full jitter" backoff, uniform in
@@ -30,7 +31,11 @@ from dataclasses import dataclass
 
 import grpc
 
-RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+RETRYABLE_CODES = frozenset({
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+})
 
 
 @dataclass(frozen=True, slots=True)

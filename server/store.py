@@ -220,7 +220,11 @@ class Store:
     async def load_library(self) -> None:
         """Load (or replace) the Function library on every primary."""
         if self.cluster:
-            for node in self.client.get_primaries():
+            await self.client.initialize()  # discovers the primaries
+            primaries = self.client.get_primaries()
+            if not primaries:
+                raise RuntimeError("the Redis Cluster reports no primaries")
+            for node in primaries:
                 await self.client.execute_command(
                     "FUNCTION", "LOAD", "REPLACE", LIBRARY_CODE, target_nodes=node
                 )

@@ -105,8 +105,10 @@ class RedisCluster:
         )
 
         def ready() -> bool:
-            info = self.nodes[0].client().execute_command("CLUSTER INFO").decode()
-            return "cluster_state:ok" in info
+            client = self.nodes[0].client()
+            state = client.execute_command("CLUSTER INFO").get("cluster_state")
+            client.close()
+            return state == "ok"
 
         wait_until(ready, 30, "the cluster to be ok")
         return self
