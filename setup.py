@@ -20,6 +20,10 @@ PROTO_ROOT = HERE / "protos"
 PROTO_PACKAGE = PROTO_ROOT / "payauth" / "v1"
 
 
+# Every core_ext/<name>.pyx becomes payauth.core.<name>; C libraries they link against:
+EXTENSION_LIBRARIES = {"keyed_hash": ["crypto"]}
+
+
 class build_protos(Command):  # noqa: N801 - setuptools command naming
     """Compile protos/payauth/v1/*.proto into *_pb2.py, *_pb2.pyi and *_pb2_grpc.py."""
 
@@ -69,11 +73,33 @@ class build_py(_build_py):  # noqa: N801
         super().run()
 
 
+def _pxd_tree() -> pathlib.Path:
+    """Lay the core's .pxd files out under their import names (payauth/core/*.pxd).
+
+    core_ext/ installs as payauth.core, so Cython looks for payauth/core/<name>.pxd
+    both for a module's own declarations and for `cimport payauth.core.<name>`;
+    this tree of links gives it that layout without moving the sources.
+    """
+    root = HERE / "build" / "cython-include"
+    package = root / "payauth" / "core"
+    package.mkdir(parents=True, exist_ok=True)
+    for marker in (root / "payauth" / "__init__.pxd", package / "__init__.pxd"):
+        marker.touch()
+    for stale in package.glob("*.pxd"):
+        if stale.is_symlink():
+            stale.unlink()
+    for pxd in (HERE / "core_ext").glob("*.pxd"):
+        (package / pxd.name).symlink_to(pxd)
+    return root
+
+
 class build_ext(_build_ext):  # noqa: N801
     """Cythonize core_ext/ (annotated HTML with PAYAUTH_CYTHON_ANNOTATE=1)."""
 
     def finalize_options(self) -> None:
         from Cython.Build import cythonize
+
+        include = _pxd_tree()
 
         directives = {
             "language_level": 3,
@@ -83,11 +109,14 @@ class build_ext(_build_ext):  # noqa: N801
         }
         if os.environ.get("PAYAUTH_CYTHON_DEBUG"):
             directives.update(linetrace=True, boundscheck=True, wraparound=True)
-        self.extensions = cythonize(
-            self.extensions,
+        # Cythonize the distribution's extensions (self.extensions is not set yet), so
+        # every later build_ext, editable or not, compiles the generated C.
+        self.distribution.ext_modules = cythonize(
+            self.distribution.ext_modules,
             compiler_directives=directives,
             annotate=bool(os.environ.get("PAYAUTH_CYTHON_ANNOTATE")),
             force=bool(os.environ.get("PAYAUTH_CYTHON_ALWAYS")),
+            include_path=[str(include)],
         )
         # setuptools prepares each extension here, so cythonize comes first.
         super().finalize_options()
@@ -100,24 +129,24 @@ if not (PROTO_PACKAGE / "__init__.py").exists():
     )
 
 setup(
-    packages=["payauth.v1", "payauth.server", "payauth.clients", "payauth.core"],
+    packages=["payauth.v1", "payauth.server", "payauth.server.functions", "payauth.clients",
+              "payauth.core"],
     package_dir={
         "payauth.v1": "protos/payauth/v1",
         "payauth.server": "server",
+        "payauth.server.functions": "server/functions",
         "payauth.clients": "clients",
         "payauth.core": "core_ext",
     },
     package_data={
         "payauth.v1": ["*.proto", "*.pyi"],
-        "payauth.server": ["functions/*.lua"],
-        "payauth.core": ["*.pyi", "py.typed"],
+        "payauth.server.functions": ["*.lua"],
+        "payauth.core": ["*.pyi", "*.pxd", "py.typed"],
     },
     ext_modules=[
-        Extension(
-            "payauth.core.keyed_hash",
-            sources=["core_ext/keyed_hash.pyx"],
-            libraries=["crypto"],
-        )
+        Extension(f"payauth.core.{pyx.stem}", sources=[f"core_ext/{pyx.name}"],
+                  libraries=EXTENSION_LIBRARIES.get(pyx.stem, []))
+        for pyx in sorted((HERE / "core_ext").glob("*.pyx"))
     ],
     cmdclass={"build_protos": build_protos, "build_py": build_py, "build_ext": build_ext},
 )

@@ -21,20 +21,16 @@ cdef extern from "openssl/hmac.h" nogil:
 
 cdef enum:
     DIGEST_SIZE = 32
-    MAX_KEY = 1024
 
 
 cdef class KeyedHash:
     """An HMAC-SHA256 keyed once with a server secret, then applied per message."""
 
-    cdef unsigned char _key[MAX_KEY]
-    cdef int _key_len
-
     def __cinit__(self, bytes key not None):
         if len(key) < 32:
             raise ValueError("the HMAC key must be at least 32 bytes")
-        if len(key) > MAX_KEY:
-            raise ValueError(f"the HMAC key must be at most {MAX_KEY} bytes")
+        if len(key) > KEYED_HASH_MAX_KEY:
+            raise ValueError(f"the HMAC key must be at most {KEYED_HASH_MAX_KEY} bytes")
         memcpy(self._key, <const char *>key, len(key))
         self._key_len = len(key)
 

@@ -143,7 +143,8 @@ class Accounts:
         card = await self._store.get_card(request.card_token)
         if card is None:
             raise NotFoundError(f"card {request.card_token} does not exist")
-        await self._store.set_card_status(request.card_token, request.status)
+        await self._store.set_card_status(request.card_token, request.status, request.reason,
+                                          int(self._clock() * 1000))
         return issuer_pb2.SetCardStatusResponse(card=card_message(
             CardRecord(card.card_token, card.account_id, request.status, card.expiry_year,
                        card.expiry_month, card.pan_hash)))

@@ -93,6 +93,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         default=int(_env("idempotency_ttl", str(d.idempotency_ttl_s))),
                         help="seconds a request_id and its answer are remembered "
                              "(PAYAUTH_IDEMPOTENCY_TTL, default %(default)s)")
+    parser.add_argument("--clock-skew-future", dest="max_clock_skew_future_s", type=int,
+                        default=int(_env("clock_skew_future", str(d.max_clock_skew_future_s))),
+                        help="seconds a request's timestamp may be ahead of the server clock "
+                             "(PAYAUTH_CLOCK_SKEW_FUTURE, default %(default)s)")
+    parser.add_argument("--clock-skew-past", dest="max_clock_skew_past_s", type=int,
+                        default=int(_env("clock_skew_past", str(d.max_clock_skew_past_s))),
+                        help="seconds a request's timestamp may be behind the server clock "
+                             "(PAYAUTH_CLOCK_SKEW_PAST, default %(default)s)")
     parser.add_argument("--grace", dest="grace_s", type=float,
                         default=float(_env("grace", str(d.grace_s))),
                         help="seconds SIGTERM waits for in-flight calls (PAYAUTH_GRACE)")
@@ -124,6 +132,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         )
     if args.redis_cluster and not args.redis_url:
         raise ValueError("--redis-cluster needs --redis-url")
+    if args.idempotency_ttl_s < args.max_clock_skew_past_s:
+        raise ValueError("--idempotency-ttl must be at least --clock-skew-past, so that any "
+                         "retry the server accepts is recognised as one")
+    for name, flag in (("hold_ttl_s", "--hold-ttl"), ("idempotency_ttl_s", "--idempotency-ttl"),
+                       ("max_clock_skew_future_s", "--clock-skew-future"),
+                       ("max_clock_skew_past_s", "--clock-skew-past")):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"{flag} must be positive")
     return Settings(
         host=args.host,
         port=args.port,
@@ -135,6 +151,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         redis_server_bin=args.redis_server_bin,
         hold_ttl_s=args.hold_ttl_s,
         idempotency_ttl_s=args.idempotency_ttl_s,
+        max_clock_skew_future_s=args.max_clock_skew_future_s,
+        max_clock_skew_past_s=args.max_clock_skew_past_s,
         grace_s=args.grace_s,
         redis_timeout_s=args.redis_timeout_s,
         log_level=args.log_level.upper(),

@@ -16,6 +16,7 @@ import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,11 @@ def translate_errors(method: Handler) -> Handler:
             log.error("state store unavailable in %s: %s", method.__name__, exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 "the state store did not answer in time; retry the request")
+        except RedisError as exc:
+            # Out of memory, a read-only replica, a script error: nothing a retry fixes.
+            log.error("state store refused %s: %s", method.__name__, exc)
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"the state store refused the operation: {exc}")
 
     return wrapper  # type: ignore[return-value]
 

@@ -59,7 +59,8 @@ def events(partition: int) -> str:
 
 
 def card(card_token: str) -> str:
-    """HASH: a card (account, status, expiry, PAN hash) in its token's partition."""
+    """HASH: a card (account, status with its reason and time, expiry, PAN hash) in its
+    token's partition."""
     return f"card:{{p{partition_of(card_token)}}}:{card_token}"
 
 

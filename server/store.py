@@ -22,7 +22,7 @@ from payauth.v1 import common_pb2
 log = logging.getLogger(__name__)
 
 LIBRARY_NAME = "payauth"
-LIBRARY_CODE = (files("payauth.server") / "functions" / "payauth.lua").read_text()
+LIBRARY_CODE = (files("payauth.server.functions") / "payauth.lua").read_text()
 
 _ACCOUNT_KINDS = {
     common_pb2.ACCOUNT_KIND_DEBIT: "debit",
@@ -415,9 +415,13 @@ class Store:
         if card.pan_hash:
             await self.client.set(keys.pan_index(card.pan_hash), card.card_token)
 
-    async def set_card_status(self, card_token: str, status: int) -> None:
-        """Change an existing card's status."""
-        await self.client.hset(keys.card(card_token), "status", _CARD_STATUSES[status])
+    async def set_card_status(self, card_token: str, status: int, reason: str,
+                              now_ms: int) -> None:
+        """Change an existing card's status, keeping why and when for the audit trail."""
+        await self.client.hset(keys.card(card_token), mapping={
+            "status": _CARD_STATUSES[status], "status_reason": reason,
+            "status_changed_ms": now_ms,
+        })
 
     # -- Start-up checks ----------------------------------------------------
 

@@ -23,6 +23,9 @@ import sys
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.exceptions import RedisError
 
 from payauth.server.app import run_worker
 from payauth.server.config import Settings
@@ -71,6 +74,17 @@ class DataFolderLock:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _without_credentials(url: str) -> str:
+    """The URL as it may be logged: any user and password replaced by '***'."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 def _free_port(host: str) -> int:
@@ -125,19 +139,24 @@ class Supervisor:
                 redis_url = self.redis.url
                 log.info("embedded redis-server on %s (AOF, appendfsync always)",
                          self.redis.socket)
+            else:
+                log.info("using Redis at %s%s", _without_credentials(redis_url),
+                         " (cluster)" if s.redis_cluster else "")
             asyncio.run(_prepare_store(redis_url, s, pans))
             self.port = s.port or _free_port(s.host)
             if not self._start_workers(redis_url):
                 return 1
             print(f"payauth serving on {s.host}:{self.port} with {s.workers} worker(s)",
                   flush=True)
+            log.info("data folder %s; holds live %d s; request ids are remembered %d s",
+                     s.data_dir, s.hold_ttl_s, s.idempotency_ttl_s)
             if s.demo:
                 from payauth.server.demo import load_demo
 
                 print(load_demo(f"{s.host}:{self.port}"), flush=True)
             return self._supervise()
-        except RuntimeError as exc:
-            log.error("%s", exc)
+        except (RuntimeError, ValueError, OSError, RedisError) as exc:
+            log.error("start-up failed: %s", exc)
             return 1
         finally:
             self._stop_workers()
