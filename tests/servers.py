@@ -25,6 +25,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 def wait_until(predicate, timeout_s: float, what: str) -> None:
     """Poll `predicate` until true, or fail the test naming `what`."""
     deadline = time.monotonic() + timeout_s
@@ -40,7 +54,7 @@ class RedisProcess:
 
     def __init__(self, folder: Path, port: int | None = None, cluster: bool = False) -> None:
         self.folder = folder
-        self.port = port or free_port()
+        self.port = port or (free_cluster_port() if cluster else free_port())
         self.cluster = cluster
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -66,6 +80,9 @@ class RedisProcess:
         client = self.client()
 
         def answers() -> bool:
+            if self.process.poll() is not None:
+                log = (self.folder / "redis.log").read_text()
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}:\n{log}")
             try:
                 return bool(client.ping())
             except (redis.ConnectionError, redis.BusyLoadingError):
@@ -127,7 +144,7 @@ class PayauthProcess:
         self.data_dir = data_dir
         self.redis_url = redis_url
         self.workers = workers
-        self.port = port or free_port()
+        self.port = port or (free_cluster_port() if cluster else free_port())
         self.cluster = cluster
         self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
