@@ -25,6 +25,7 @@ AUTHORIZE_STREAM = Rpc(_SERVICE, "AuthorizeStream")
 CAPTURE = Rpc(_SERVICE, "Capture", idempotent=True)
 REVERSE = Rpc(_SERVICE, "Reverse", idempotent=True)
 REFUND = Rpc(_SERVICE, "Refund", idempotent=True)
+EXTEND_HOLD = Rpc(_SERVICE, "ExtendHold", idempotent=True)
 UPSERT_MERCHANT_POLICY = Rpc(_SERVICE, "UpsertMerchantPolicy", idempotent=True)
 
 
@@ -76,6 +77,17 @@ class AcquirerClient(ServiceClient):
     ) -> lifecycle_pb2.RefundResponse:
         """Refunds all or part of a captured sale to the account."""
         return self._unary(REFUND, request, fields, timeout)
+
+    def extend_hold(
+        self,
+        request: lifecycle_pb2.ExtendHoldRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> lifecycle_pb2.ExtendHoldResponse:
+        """Moves an authorization's hold expiry later, within its maximum lifetime."""
+        return self._unary(EXTEND_HOLD, request, fields, timeout)
 
     def upsert_merchant_policy(
         self,
@@ -149,6 +161,17 @@ class AsyncAcquirerClient(AsyncServiceClient):
     ) -> lifecycle_pb2.RefundResponse:
         """Refunds all or part of a captured sale to the account."""
         return await self._unary(REFUND, request, fields, timeout)
+
+    async def extend_hold(
+        self,
+        request: lifecycle_pb2.ExtendHoldRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> lifecycle_pb2.ExtendHoldResponse:
+        """Moves an authorization's hold expiry later, within its maximum lifetime."""
+        return await self._unary(EXTEND_HOLD, request, fields, timeout)
 
     async def upsert_merchant_policy(
         self,

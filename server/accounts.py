@@ -6,9 +6,8 @@ API's messages; storage is `store`'s.
 from __future__ import annotations
 
 import secrets
-import time
-from collections.abc import Callable
 
+from payauth.server.clock import Clock, system_clock
 from payauth.server.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 from payauth.server.pan import PanHasher
 from payauth.server.store import AccountRecord, CardRecord, HoldRecord, ImmutableFieldError, Store
@@ -65,8 +64,7 @@ def card_message(record: CardRecord) -> issuer_pb2.Card:
 class Accounts:
     """The issuer's account and card operations."""
 
-    def __init__(self, store: Store, pans: PanHasher,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, pans: PanHasher, clock: Clock = system_clock) -> None:
         self._store = store
         self._pans = pans
         self._clock = clock

@@ -20,7 +20,10 @@ from grpc_reflection.v1alpha import reflection
 
 from payauth.server.accounts import Accounts
 from payauth.server.authorize import AuthorizePipeline
+from payauth.server.clock import clock_for
 from payauth.server.config import Settings
+from payauth.server.expiry import ExpirySweeper
+from payauth.server.lifecycle import Lifecycle
 from payauth.server.pan import PanHasher, load_or_create_key
 from payauth.server.servicers import Authorizer, IssuerControl, Loyalty
 from payauth.server.store import Store
@@ -50,16 +53,18 @@ SERVER_OPTIONS = (
 )
 
 
-async def serve_worker(settings: Settings, redis_url: str, port: int,
+async def serve_worker(settings: Settings, redis_url: str, port: int, worker_index: int,
                        on_ready: Callable[[], None]) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return."""
     store = Store.connect(redis_url, settings.redis_cluster, settings.redis_timeout_s)
     pans = PanHasher(load_or_create_key(settings.pan_key_path, create=False))
+    clock = clock_for(settings.clock_file)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     authorizer_pb2_grpc.add_AuthorizerServicer_to_server(
-        Authorizer(AuthorizePipeline(store, pans, settings)), server)
+        Authorizer(AuthorizePipeline(store, pans, settings, clock),
+                   Lifecycle(store, settings, clock)), server)
     issuer_pb2_grpc.add_IssuerControlServicer_to_server(
-        IssuerControl(Accounts(store, pans)), server)
+        IssuerControl(Accounts(store, pans, clock)), server)
     loyalty_pb2_grpc.add_LoyaltyServicer_to_server(Loyalty(), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -74,16 +79,20 @@ async def serve_worker(settings: Settings, redis_url: str, port: int,
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    sweeper = ExpirySweeper(store, clock, settings.sweep_interval_s, worker_index,
+                            settings.workers)
+    sweeping = asyncio.create_task(sweeper.run(stopping))
     on_ready()
     await stopping.wait()
     log.info("draining: health NOT_SERVING, waiting up to %.1f s for in-flight calls",
              settings.grace_s)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(settings.grace_s)
+    await sweeping
     await store.close()
 
 
-def run_worker(settings: Settings, redis_url: str, port: int,
+def run_worker(settings: Settings, redis_url: str, port: int, worker_index: int,
                on_ready: Callable[[], None]) -> None:
     """Entry point of a worker process: uvloop, then serve_worker."""
-    uvloop.run(serve_worker(settings, redis_url, port, on_ready))
+    uvloop.run(serve_worker(settings, redis_url, port, worker_index, on_ready))

@@ -1,7 +1,8 @@
 """The Authorize pipeline (brief §4), as far as this version reaches:
 
 validate -> idempotency -> card and account status -> funds check and atomic
-hold -> decision event.
+hold (or, for an incremental authorization, the raise of an existing hold) ->
+ledger entry and decision event.
 
 Two Redis round trips in the steady state: one pipelined read of everything
 the decision needs (card, account, stored answer, request_id claim), then one
@@ -16,21 +17,23 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 from payauth.server import keys
 from payauth.server.card_routes import CardRoute, CardRoutes
+from payauth.server.clock import Clock, system_clock
 from payauth.server.config import Settings
 from payauth.server.errors import AbortedError, AlreadyExistsError, unimplemented
 from payauth.server.pan import PanHasher
-from payauth.server.responses import CARD_STATUS_DECLINES, apply_outcome, decline
+from payauth.server.responses import (
+    CARD_STATUS_DECLINES,
+    apply_outcome,
+    decline,
+    early_reversal_decline,
+)
 from payauth.server.store import AuthorizationSnapshot, CommitResult, Store
 from payauth.server.validation import check_authorize
 from payauth.v1 import authorizer_pb2, common_pb2, events_pb2
-
-Clock = Callable[[], float]
 
 
 def _conflict() -> AlreadyExistsError:
@@ -68,14 +71,14 @@ class AuthorizePipeline:
     """Decides authorization requests against the state in Redis."""
 
     def __init__(self, store: Store, pans: PanHasher, settings: Settings,
-                 clock: Clock = time.time, routes: CardRoutes | None = None) -> None:
+                 clock: Clock = system_clock, routes: CardRoutes | None = None) -> None:
         self._store = store
         self._pans = pans
         self._settings = settings
         self._clock = clock
         self._routes = routes or CardRoutes()
         self._idem_ttl_ms = settings.idempotency_ttl_s * 1000
-        self._hold_ttl_ms = settings.hold_ttl_s * 1000
+        self._hold_rules = settings.hold_rules
 
     async def authorize(
         self, request: authorizer_pb2.AuthorizeRequest
@@ -134,7 +137,9 @@ class AuthorizePipeline:
         card, account = snapshot.card, snapshot.account
         assert card is not None  # a stale route was retried above
         hold = False
-        if card.status in CARD_STATUS_DECLINES:
+        if snapshot.reversed_early:
+            early_reversal_decline(response)
+        elif card.status in CARD_STATUS_DECLINES:
             code, text = CARD_STATUS_DECLINES[card.status]
             decline(response, code, "card.status", text)
         elif card_expired(card.expiry_year, card.expiry_month, now):
@@ -148,20 +153,30 @@ class AuthorizePipeline:
             hold = True
 
         partition = keys.partition_of(route.account_id)
-        authorization_id = new_authorization_id(partition) if hold else ""
+        mode = "final"
+        authorization_id = ""
+        if hold and request.original_authorization_id:
+            mode, authorization_id = "increment", request.original_authorization_id
+        elif hold:
+            mode, authorization_id = "hold", new_authorization_id(partition)
         now_ms = int(now * 1000)
         event = _event(request, response, route, partition, now_ms)
+        rules = self._hold_rules
         result = await self._store.commit_authorization(
+            mode=mode,
             account_id=route.account_id,
             request_id=request.request_id,
             fingerprint=fingerprint,
-            hold=hold,
             amount=request.amount_minor,
             partial_ok=request.partial_ok,
             currency=request.currency,
             merchant_id=request.merchant_id,
+            card_token=route.card_token,
+            mcc=request.mcc,
             now_ms=now_ms,
-            expires_ms=now_ms + self._hold_ttl_ms,
+            expires_ms=now_ms + rules.ttl_s(request.mcc) * 1000,
+            max_expires_ms=now_ms + rules.max_lifetime_s(request.mcc) * 1000,
+            tolerance_bps=rules.tolerance_bps(request.mcc),
             authorization_id=authorization_id,
             idempotency_ttl_ms=self._idem_ttl_ms,
             base=response.SerializeToString(),

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from payauth.server.hold_rules import HoldRules, parse_ttl_by_mcc
+
 ENV_PREFIX = "PAYAUTH_"
 
 
@@ -35,11 +37,19 @@ class Settings:
     redis_timeout_s: float = 0.5
     log_level: str = "INFO"
     demo: bool = False
+    hold_ttl_by_mcc: tuple[tuple[str, int], ...] = ()
+    sweep_interval_s: float = 1.0
+    clock_file: Path | None = None
 
     @property
     def embedded_redis(self) -> bool:
         """True when the server starts and owns its private redis-server."""
         return self.redis_url is None
+
+    @property
+    def hold_rules(self) -> HoldRules:
+        """Hold lifetimes and over-capture tolerances by merchant category."""
+        return HoldRules(self.hold_ttl_s, self.hold_ttl_by_mcc)
 
     @property
     def pan_key_path(self) -> Path:
@@ -89,6 +99,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         default=int(_env("hold_ttl", str(d.hold_ttl_s))),
                         help="seconds an authorization hold lives unless captured or reversed "
                              "(PAYAUTH_HOLD_TTL, default %(default)s)")
+    parser.add_argument("--hold-ttl-by-mcc", default=_env("hold_ttl_by_mcc", ""),
+                        help="hold lifetimes for some merchant categories, as "
+                             "MCC=SECONDS,MCC=SECONDS (PAYAUTH_HOLD_TTL_BY_MCC; lodging and "
+                             "vehicle rental default to 31 days)")
+    parser.add_argument("--sweep-interval", dest="sweep_interval_s", type=float,
+                        default=float(_env("sweep_interval", str(d.sweep_interval_s))),
+                        help="seconds between two sweeps for expired holds in each worker "
+                             "(PAYAUTH_SWEEP_INTERVAL, default %(default)s)")
+    parser.add_argument("--clock-file", type=Path, default=_optional_path(_env("clock_file", None)),
+                        help="read the time from this file (seconds since the epoch) instead "
+                             "of the system clock: for tests and simulations only "
+                             "(PAYAUTH_CLOCK_FILE)")
     parser.add_argument("--idempotency-ttl", dest="idempotency_ttl_s", type=int,
                         default=int(_env("idempotency_ttl", str(d.idempotency_ttl_s))),
                         help="seconds a request_id and its answer are remembered "
@@ -121,6 +143,8 @@ def _optional_path(value: str | None) -> Path | None:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Build and check the settings; raise ValueError with a clear message when wrong."""
+    if args.sweep_interval_s <= 0:
+        raise ValueError("--sweep-interval must be positive")
     if args.workers < 1:
         raise ValueError("--workers must be at least 1")
     if not 0 <= args.port <= 65535:
@@ -157,6 +181,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         redis_timeout_s=args.redis_timeout_s,
         log_level=args.log_level.upper(),
         demo=args.demo,
+        hold_ttl_by_mcc=parse_ttl_by_mcc(args.hold_ttl_by_mcc),
+        sweep_interval_s=args.sweep_interval_s,
+        clock_file=args.clock_file.resolve() if args.clock_file else None,
     )
 
 

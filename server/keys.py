@@ -1,8 +1,10 @@
 """The Redis key layout: every key payauth writes, and the hash tag it lives under.
 
 All keys of one account share the hash tag of its partition, `{pN}`, so the
-authorization commit (account, hold, idempotency record, event stream) is one
-atomic Function call on a single Redis and on Redis Cluster alike. Keys found
+authorization commit and every lifecycle operation (account, hold, ledger,
+idempotency record, event stream) is one atomic Function call on a single
+Redis and on Redis Cluster alike. The Functions (functions/payauth.lua) name
+the keys of a partition exactly as this module does. Keys found
 by something other than the account (a card by its token, a PAN index by its
 hash, a request_id claim) live in the partition of that identifier.
 
@@ -56,6 +58,23 @@ def idempotency(partition: int, request_id: str) -> str:
 def events(partition: int) -> str:
     """STREAM: the partition's decision and lifecycle events."""
     return f"events:{{p{partition}}}"
+
+
+def ledger(partition: int, account_id: str) -> str:
+    """STREAM: every movement of the account's money (kind, amount, balance and held
+    deltas, authorization, request, time), appended by the Function that moved it."""
+    return f"ledger:{{p{partition}}}:{account_id}"
+
+
+def early_reversal(partition: int, request_id: str) -> str:
+    """STRING: a reversal arrived for this authorization request_id before its answer
+    was committed; the commit declines it."""
+    return f"revearly:{{p{partition}}}:{request_id}"
+
+
+def settlement(partition: int, day: str) -> str:
+    """LIST: the partition's captures and refunds of one UTC day (YYYYMMDD), as JSON rows."""
+    return f"settle:{{p{partition}}}:{day}"
 
 
 def card(card_token: str) -> str:

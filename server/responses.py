@@ -45,7 +45,25 @@ _OUTCOMES: dict[str, tuple[int, int, str, str] | None] = {
     "currency_mismatch": (common_pb2.DECISION_DECLINE,
                           common_pb2.RESPONSE_CODE_57_NOT_PERMITTED_TO_CARDHOLDER,
                           "txn.currency", "purchase currency differs from the account's"),
+    "reversed_early": (common_pb2.DECISION_DECLINE, common_pb2.RESPONSE_CODE_05_DO_NOT_HONOUR,
+                       "authorization.reversed", "the acquirer reversed this request before "
+                       "its authorization arrived"),
+    "increment_unknown": (common_pb2.DECISION_DECLINE,
+                          common_pb2.RESPONSE_CODE_12_INVALID_TRANSACTION,
+                          "authorization.unknown", "no authorization of this card's account "
+                          "has that id"),
+    "increment_closed": (common_pb2.DECISION_DECLINE,
+                         common_pb2.RESPONSE_CODE_12_INVALID_TRANSACTION,
+                         "authorization.closed", "the original authorization holds nothing any "
+                         "more (captured, reversed or expired)"),
 }
+
+
+def early_reversal_decline(response: authorizer_pb2.AuthorizeResponse
+                           ) -> authorizer_pb2.AuthorizeResponse:
+    """The decline of an authorization whose reversal arrived first."""
+    _, code, rule_id, text = _OUTCOMES["reversed_early"]  # type: ignore[misc]
+    return decline(response, code, rule_id, text)
 
 
 def set_code(response: authorizer_pb2.AuthorizeResponse, decision: int, code: int) -> None:
@@ -77,5 +95,6 @@ def apply_outcome(response: authorizer_pb2.AuthorizeResponse, outcome: str, appr
         set_code(response, decision, code)
         response.reasons.add(rule_id=rule_id, text=text)
     response.approved_amount_minor = approved
-    response.authorization_id = authorization_id
+    if approved:
+        response.authorization_id = authorization_id
     return response

@@ -14,6 +14,7 @@ import grpc
 from payauth.server.accounts import Accounts
 from payauth.server.authorize import AuthorizePipeline
 from payauth.server.errors import translate_errors, unimplemented
+from payauth.server.lifecycle import Lifecycle
 from payauth.v1 import (
     authorizer_pb2,
     authorizer_pb2_grpc,
@@ -23,7 +24,6 @@ from payauth.v1 import (
     loyalty_pb2_grpc,
 )
 
-LIFECYCLE = "the authorization lifecycle (capture, reversal, refund, expiry)"
 LOYALTY = "The loyalty points engine"
 
 
@@ -35,8 +35,9 @@ async def _refuse(context: grpc.aio.ServicerContext, what: str) -> None:
 class Authorizer(authorizer_pb2_grpc.AuthorizerServicer):
     """payauth.v1.Authorizer: the acquirer's calls."""
 
-    def __init__(self, pipeline: AuthorizePipeline) -> None:
+    def __init__(self, pipeline: AuthorizePipeline, lifecycle: Lifecycle) -> None:
         self._pipeline = pipeline
+        self._lifecycle = lifecycle
 
     @translate_errors
     async def Authorize(  # noqa: N802 - gRPC method name
@@ -51,20 +52,29 @@ class Authorizer(authorizer_pb2_grpc.AuthorizerServicer):
         await _refuse(context, "AuthorizeStream (the bidirectional stream for high-volume "
                                "gateways)")
 
+    @translate_errors
     async def Capture(  # noqa: N802
         self, request: lifecycle_pb2.CaptureRequest, context: grpc.aio.ServicerContext
-    ) -> None:
-        await _refuse(context, f"Capture, part of {LIFECYCLE},")
+    ) -> lifecycle_pb2.CaptureResponse:
+        return await self._lifecycle.capture(request)
 
+    @translate_errors
     async def Reverse(  # noqa: N802
         self, request: lifecycle_pb2.ReverseRequest, context: grpc.aio.ServicerContext
-    ) -> None:
-        await _refuse(context, f"Reverse, part of {LIFECYCLE},")
+    ) -> lifecycle_pb2.ReverseResponse:
+        return await self._lifecycle.reverse(request)
 
+    @translate_errors
     async def Refund(  # noqa: N802
         self, request: lifecycle_pb2.RefundRequest, context: grpc.aio.ServicerContext
-    ) -> None:
-        await _refuse(context, f"Refund, part of {LIFECYCLE},")
+    ) -> lifecycle_pb2.RefundResponse:
+        return await self._lifecycle.refund(request)
+
+    @translate_errors
+    async def ExtendHold(  # noqa: N802
+        self, request: lifecycle_pb2.ExtendHoldRequest, context: grpc.aio.ServicerContext
+    ) -> lifecycle_pb2.ExtendHoldResponse:
+        return await self._lifecycle.extend_hold(request)
 
     async def UpsertMerchantPolicy(  # noqa: N802
         self, request: lifecycle_pb2.UpsertMerchantPolicyRequest,

@@ -9,6 +9,7 @@ the steady state: `read_authorization` (one pipeline) and `commit_authorization`
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from importlib.resources import files
@@ -129,6 +130,7 @@ class AuthorizationSnapshot:
     stored_fingerprint: str | None
     claim_fingerprint: str | None  # the request_id claim (set by this read when new)
     claim_answer: StoredAnswer | None  # an unrouted answer stored on the claim
+    reversed_early: bool  # a reversal for this request_id arrived before it
     pan_token: str | None  # what the PAN index points to now (PAN requests)
 
 
@@ -180,6 +182,65 @@ def _answer(outcome: bytes, approved: bytes, auth_id: bytes, decided_ms: bytes,
         decided_ms=int(decided_ms),
         base=base,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleResult:
+    """What a capture, reversal, refund or extension did, as stored for its replays."""
+
+    status: str
+    amount: int
+    captured: int
+    held: int
+    released: int
+    over: int
+    refunded: int
+    reversed: int
+    operation_id: str
+    at_ms: int
+    authorization_id: str
+    currency: str
+    expires_ms: int
+    found: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleReply:
+    """A lifecycle Function's answer: a result ('new' or 'replay'), a conflict, or a
+    refusal with its reason and detail (nothing was changed)."""
+
+    status: str  # 'new', 'replay', 'conflict' or 'error'
+    result: LifecycleResult | None = None
+    reason: str = ""
+    detail: str = ""
+
+
+def _lifecycle_reply(reply: list[bytes]) -> LifecycleReply:
+    status = reply[0].decode()
+    if status == "conflict":
+        return LifecycleReply(status)
+    if status == "error":
+        return LifecycleReply(status, reason=reply[1].decode(), detail=reply[2].decode())
+    f = [v.decode() for v in reply[1:]]
+    return LifecycleReply(status, LifecycleResult(
+        status=f[0], amount=int(f[1]), captured=int(f[2]), held=int(f[3]), released=int(f[4]),
+        over=int(f[5]), refunded=int(f[6]), reversed=int(f[7]), operation_id=f[8],
+        at_ms=int(f[9]), authorization_id=f[10], currency=f[11], expires_ms=int(f[12]),
+        found=f[13] == "1"))
+
+
+@dataclass(frozen=True, slots=True)
+class AccountBooks:
+    """An account's stored balance and held amount beside what its ledger and its active
+    holds add up to; reconciliation compares them."""
+
+    account_id: str
+    balance: int
+    held: int
+    ledger_balance: int
+    ledger_held: int
+    holds_held: int
+    entries: int
 
 
 def _commit_result(reply: list[bytes]) -> CommitResult:
@@ -270,13 +331,11 @@ class Store:
         pipe.hmget(keys.card(card_token), _CARD_FIELDS)
         pipe.hmget(keys.account(partition, account_id), _ACCOUNT_FIELDS)
         pipe.hmget(keys.idempotency(partition, request_id), _IDEM_FIELDS)
-        pipe.hsetnx(claim, "fp", fingerprint)
-        pipe.pexpire(claim, claim_ttl_ms, nx=True)
-        pipe.hmget(claim, ("fp", "base", "decided_ms"))
+        pipe.fcall("payauth_claim_request", 1, claim, fingerprint, claim_ttl_ms, account_id)
         if pan_hash is not None:
             pipe.get(keys.pan_index(pan_hash))
         replies = await pipe.execute()
-        card_f, acct_f, idem_f, _, _, claim_f = replies[:6]
+        card_f, acct_f, idem_f, claim_f = replies[:4]
         stored = None
         if idem_f[0] is not None:
             stored = _answer(*idem_f[1:])
@@ -290,43 +349,44 @@ class Store:
             stored_fingerprint=_s(idem_f[0]) or None,
             claim_fingerprint=_s(claim_f[0]) or None,
             claim_answer=claim_answer,
-            pan_token=_s(replies[6]) or None if pan_hash is not None else None,
+            reversed_early=claim_f[3] is not None,
+            pan_token=_s(replies[4]) or None if pan_hash is not None else None,
         )
 
     async def commit_authorization(
         self,
         *,
+        mode: str,
         account_id: str,
         request_id: str,
         fingerprint: str,
-        hold: bool,
         amount: int,
         partial_ok: bool,
         currency: str,
         merchant_id: str,
+        card_token: str,
+        mcc: str,
         now_ms: int,
         expires_ms: int,
+        max_expires_ms: int,
+        tolerance_bps: int,
         authorization_id: str,
         idempotency_ttl_ms: int,
         base: bytes,
         event: bytes,
     ) -> CommitResult:
-        """The atomic commit: re-check funds, hold, store the answer, append the event."""
+        """The atomic commit: re-check funds, hold (mode 'hold'), raise a hold (mode
+        'increment') or record a decision taken (mode 'final'); store the answer; append
+        the ledger entry and the event."""
         p = keys.partition_of(account_id)
         reply = await self._fcall(
             "payauth_authorize_commit",
+            [keys.account(p, account_id), keys.idempotency(p, request_id)],
             [
-                keys.account(p, account_id),
-                keys.idempotency(p, request_id),
-                keys.events(p),
-                keys.account_holds(p, account_id),
-                keys.hold(p, authorization_id),
-                keys.expiries(p),
-            ],
-            [
-                request_id, fingerprint, "hold" if hold else "final", amount,
-                "1" if partial_ok else "0", now_ms, expires_ms, authorization_id,
-                idempotency_ttl_ms, base, event, account_id, merchant_id, currency,
+                keys.tag(p), request_id, fingerprint, mode, amount, "1" if partial_ok else "0",
+                now_ms, expires_ms, authorization_id, idempotency_ttl_ms, base, event,
+                account_id, merchant_id, currency, card_token, mcc, tolerance_bps,
+                max_expires_ms,
             ],
         )
         return _commit_result(reply)
@@ -336,11 +396,11 @@ class Store:
         base: bytes, event: bytes,
     ) -> CommitResult:
         """Store the answer to a request that reached no account, with its event."""
-        claim = keys.request_claim(request_id)
         reply = await self._fcall(
             "payauth_record_unrouted",
-            [claim, keys.events(keys.partition_of(request_id))],
-            [fingerprint, now_ms, idempotency_ttl_ms, base, event],
+            [keys.request_claim(request_id)],
+            [keys.tag(keys.partition_of(request_id)), fingerprint, now_ms, idempotency_ttl_ms,
+             base, event],
         )
         return _commit_result(reply)
 
@@ -351,13 +411,13 @@ class Store:
         limit: int, now_ms: int,
     ) -> tuple[AccountRecord, bool]:
         """Create or update an account; return it and whether it was created."""
-        key = keys.account(keys.partition_of(account_id), account_id)
+        p = keys.partition_of(account_id)
         try:
             reply = await self._fcall(
                 "payauth_upsert_account",
-                [key],
+                [keys.account(p, account_id)],
                 [_ACCOUNT_KINDS[kind], _ACCOUNT_STATUSES[status], currency, balance, limit,
-                 now_ms],
+                 now_ms, keys.tag(p), account_id, ""],
             )
         except ResponseError as exc:
             if str(exc).startswith("IMMUTABLE "):
@@ -380,7 +440,7 @@ class Store:
         pipe = self.client.pipeline(transaction=False)
         for auth_id in hold_ids:
             pipe.hmget(keys.hold(p, auth_id.decode()),
-                       ("request_id", "amount", "merchant_id", "created_ms", "expires_ms"))
+                       ("request_id", "held", "merchant_id", "created_ms", "expires_ms"))
         holds = [
             HoldRecord(auth_id.decode(), _s(f[0]), int(f[1]), _s(f[2]), int(f[3]), int(f[4]))
             for auth_id, f in zip(hold_ids, await pipe.execute() if hold_ids else [],
@@ -422,6 +482,138 @@ class Store:
             "status": _CARD_STATUSES[status], "status_reason": reason,
             "status_changed_ms": now_ms,
         })
+
+    # -- Lifecycle ----------------------------------------------------------
+
+    async def capture(self, *, authorization_id: str, request_id: str, fingerprint: str,
+                      amount: int, final: bool, now_ms: int, idempotency_ttl_ms: int,
+                      capture_id: str, day: str, currency: str) -> LifecycleReply:
+        """Capture part or all of a hold (functions/payauth.lua `capture`)."""
+        p = keys.partition_from_authorization_id(authorization_id)
+        return _lifecycle_reply(await self._fcall(
+            "payauth_capture",
+            [keys.hold(p, authorization_id), keys.idempotency(p, request_id)],
+            [keys.tag(p), authorization_id, request_id, fingerprint, amount,
+             "1" if final else "0", now_ms, idempotency_ttl_ms, capture_id, day, currency],
+        ))
+
+    async def reverse(self, *, authorization_id: str, request_id: str, fingerprint: str,
+                      amount: int, now_ms: int, idempotency_ttl_ms: int) -> LifecycleReply:
+        """Reverse part or all of an authorization's hold."""
+        p = keys.partition_from_authorization_id(authorization_id)
+        return _lifecycle_reply(await self._fcall(
+            "payauth_reverse",
+            [keys.hold(p, authorization_id), keys.idempotency(p, request_id)],
+            [keys.tag(p), authorization_id, request_id, fingerprint, amount, now_ms,
+             idempotency_ttl_ms],
+        ))
+
+    async def reverse_by_request(self, *, original_request_id: str, request_id: str,
+                                 fingerprint: str, amount: int, now_ms: int,
+                                 idempotency_ttl_ms: int) -> LifecycleReply:
+        """Reverse the authorization an original request_id received, whether it was
+        decided already, is being decided, or has not arrived yet."""
+        rp = keys.partition_of(original_request_id)
+        reply = await self._fcall(
+            "payauth_reverse_lookup",
+            [keys.request_claim(original_request_id), keys.idempotency(rp, request_id)],
+            [fingerprint, now_ms, idempotency_ttl_ms, request_id],
+        )
+        if reply[0] != b"route":
+            return _lifecycle_reply(reply)
+        p = keys.partition_of(reply[1].decode())
+        return _lifecycle_reply(await self._fcall(
+            "payauth_reverse_original",
+            [keys.idempotency(p, original_request_id), keys.idempotency(p, request_id)],
+            [keys.tag(p), original_request_id, request_id, fingerprint, amount, now_ms,
+             idempotency_ttl_ms],
+        ))
+
+    async def refund(self, *, authorization_id: str, request_id: str, fingerprint: str,
+                     amount: int, now_ms: int, idempotency_ttl_ms: int, refund_id: str,
+                     day: str, currency: str) -> LifecycleReply:
+        """Refund part or all of what an authorization captured."""
+        p = keys.partition_from_authorization_id(authorization_id)
+        return _lifecycle_reply(await self._fcall(
+            "payauth_refund",
+            [keys.hold(p, authorization_id), keys.idempotency(p, request_id)],
+            [keys.tag(p), authorization_id, request_id, fingerprint, amount, now_ms,
+             idempotency_ttl_ms, refund_id, day, currency],
+        ))
+
+    async def extend(self, *, authorization_id: str, request_id: str, fingerprint: str,
+                     expires_ms: int, now_ms: int, idempotency_ttl_ms: int) -> LifecycleReply:
+        """Move a hold's expiry later, within the maximum fixed at its placement."""
+        p = keys.partition_from_authorization_id(authorization_id)
+        return _lifecycle_reply(await self._fcall(
+            "payauth_extend",
+            [keys.hold(p, authorization_id), keys.idempotency(p, request_id)],
+            [keys.tag(p), authorization_id, request_id, fingerprint, expires_ms, now_ms,
+             idempotency_ttl_ms],
+        ))
+
+    async def due_holds(self, partitions: range | list[int], now_ms: int,
+                        limit: int = 100) -> list[tuple[int, str]]:
+        """Holds whose expiry has passed, as (partition, authorization id), in one pipeline."""
+        pipe = self.client.pipeline(transaction=False)
+        for p in partitions:
+            pipe.zrangebyscore(keys.expiries(p), "-inf", now_ms, start=0, num=limit)
+        due = []
+        for p, ids in zip(partitions, await pipe.execute(), strict=True):
+            due.extend((p, auth_id.decode()) for auth_id in ids)
+        return due
+
+    async def expire(self, partition: int, authorization_id: str, now_ms: int) -> str:
+        """Release one expired hold; 'expired', 'gone' (someone else did) or 'not_due'."""
+        reply = await self._fcall("payauth_expire", [keys.expiries(partition)],
+                                  [keys.tag(partition), authorization_id, now_ms])
+        return reply.decode()
+
+    async def hold_fields(self, authorization_id: str) -> dict[str, str] | None:
+        """The stored fields of an authorization's hold, or None."""
+        p = keys.partition_from_authorization_id(authorization_id)
+        fields = await self.client.hgetall(keys.hold(p, authorization_id))
+        return {k.decode(): v.decode() for k, v in fields.items()} or None
+
+    # -- Reconciliation and settlement -------------------------------------
+
+    async def account_ids(self) -> list[str]:
+        """Every account id in the store (SCAN over every primary)."""
+        ids = []
+        async for key in self.client.scan_iter(match="acct:*", count=1000):
+            ids.append(key.decode().split(":", 2)[2])
+        return ids
+
+    async def account_books(self, account_id: str) -> AccountBooks | None:
+        """An account's stored amounts beside the sums of its ledger and of its holds."""
+        p = keys.partition_of(account_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(keys.account(p, account_id), ("balance", "held"))
+        pipe.xrange(keys.ledger(p, account_id))
+        pipe.zrange(keys.account_holds(p, account_id), 0, -1)
+        (balance, held), entries, hold_ids = await pipe.execute()
+        if balance is None:
+            return None
+        pipe = self.client.pipeline(transaction=False)
+        for auth_id in hold_ids:
+            pipe.hget(keys.hold(p, auth_id.decode()), "held")
+        hold_amounts = await pipe.execute() if hold_ids else []
+        return AccountBooks(
+            account_id=account_id,
+            balance=int(balance),
+            held=int(held),
+            ledger_balance=sum(int(fields[b"balance"]) for _, fields in entries),
+            ledger_held=sum(int(fields[b"held"]) for _, fields in entries),
+            holds_held=sum(int(a or 0) for a in hold_amounts),
+            entries=len(entries),
+        )
+
+    async def settlement_rows(self, day: str) -> list[dict[str, str]]:
+        """The captures and refunds of one UTC day (YYYYMMDD), from every partition."""
+        pipe = self.client.pipeline(transaction=False)
+        for p in range(keys.PARTITIONS):
+            pipe.lrange(keys.settlement(p, day), 0, -1)
+        return [json.loads(row) for rows in await pipe.execute() for row in rows]
 
     # -- Start-up checks ----------------------------------------------------
 

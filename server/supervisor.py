@@ -106,7 +106,7 @@ def _worker_entry(settings: Settings, redis_url: str, port: int, ready: multipro
                   index: int) -> None:
     logging.basicConfig(level=settings.log_level,
                         format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
-    run_worker(settings, redis_url, port, lambda: ready.put(index))
+    run_worker(settings, redis_url, port, index, lambda: ready.put(index))
 
 
 class Supervisor:

@@ -14,11 +14,13 @@ import re
 
 import pycountry
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from payauth.server.errors import FieldViolation, InvalidArgumentError
+from payauth.server.keys import PARTITIONS, partition_from_authorization_id
 from payauth.server.money import CURRENCY_EXPONENTS, MAX_AMOUNT_MINOR
 from payauth.server.pan import pan_problem
-from payauth.v1 import authorizer_pb2, common_pb2, issuer_pb2
+from payauth.v1 import authorizer_pb2, common_pb2, issuer_pb2, lifecycle_pb2
 
 IDENTIFIER = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 IDENTIFIER_RULE = "1 to 64 characters of A-Z a-z 0-9 _ . : -"
@@ -73,6 +75,24 @@ class _Violations:
         elif value > MAX_AMOUNT_MINOR:
             self.add(field, f"must be at most {MAX_AMOUNT_MINOR} minor units")
 
+    def authorization_id(self, field: str, value: str) -> None:
+        if not value:
+            self.add(field, "is required")
+            return
+        try:
+            partition = partition_from_authorization_id(value)
+        except ValueError:
+            partition = -1
+        if not 0 <= partition < PARTITIONS or not IDENTIFIER.fullmatch(value):
+            self.add(field, "is not an authorization id issued by payauth")
+
+    def timestamp(self, field: str, ts: Timestamp, required: bool = True) -> None:
+        if not ts.seconds and not ts.nanos:
+            if required:
+                self.add(field, "is required")
+        elif not 0 <= ts.nanos < 1_000_000_000:
+            self.add(field, "nanos must be between 0 and 999999999")
+
     def raise_if_any(self) -> None:
         if self.items:
             raise InvalidArgumentError(self.items)
@@ -114,6 +134,8 @@ def check_authorize(request: authorizer_pb2.AuthorizeRequest, now_s: float,
         v.add("points_to_redeem", "must not be negative")
     v.text("acquirer_id", request.acquirer_id, MAX_SHORT_TEXT)
     v.text("terminal_id", request.terminal_id, MAX_SHORT_TEXT)
+    if request.original_authorization_id:
+        v.authorization_id("original_authorization_id", request.original_authorization_id)
     if not request.HasField("timestamp"):
         v.add("timestamp", "is required")
     else:
@@ -174,4 +196,69 @@ def check_account_id(account_id: str) -> None:
     """Raise InvalidArgumentError when an account id is malformed."""
     v = _Violations()
     v.identifier("account_id", account_id)
+    v.raise_if_any()
+
+
+def check_capture(request: lifecycle_pb2.CaptureRequest) -> None:
+    """Raise InvalidArgument listing every rule the request breaks."""
+    v = _Violations()
+    v.identifier("request_id", request.request_id)
+    v.authorization_id("authorization_id", request.authorization_id)
+    v.amount("amount_minor", request.amount_minor, positive=True)
+    v.currency("currency", request.currency)
+    if request.tip_amount_minor < 0 or request.tip_amount_minor > request.amount_minor:
+        v.add("tip_amount_minor", "must be between 0 and amount_minor")
+    if request.capture_sequence_number < 0 or request.capture_sequence_count < 0:
+        v.add("capture_sequence_number", "must not be negative")
+    elif request.capture_sequence_count and (
+            request.capture_sequence_number > request.capture_sequence_count):
+        v.add("capture_sequence_number", "must not exceed capture_sequence_count")
+    v.text("merchant_id", request.merchant_id, MAX_SHORT_TEXT)
+    v.text("settlement_reference", request.settlement_reference, MAX_SHORT_TEXT)
+    v.timestamp("timestamp", request.timestamp, required=False)
+    v.raise_if_any()
+
+
+def check_reverse(request: lifecycle_pb2.ReverseRequest) -> None:
+    """Raise InvalidArgument listing every rule the request breaks."""
+    v = _Violations()
+    v.identifier("request_id", request.request_id)
+    if request.authorization_id:
+        v.authorization_id("authorization_id", request.authorization_id)
+    elif request.original_request_id:
+        v.identifier("original_request_id", request.original_request_id)
+    else:
+        v.add("authorization_id", "authorization_id or original_request_id is required")
+    v.amount("amount_minor", request.amount_minor, positive=False)
+    v.amount("original_amount_minor", request.original_amount_minor, positive=False)
+    if request.currency:
+        v.currency("currency", request.currency)
+    elif request.amount_minor:
+        v.add("currency", "is required with amount_minor")
+    v.text("merchant_id", request.merchant_id, MAX_SHORT_TEXT)
+    v.timestamp("timestamp", request.timestamp, required=False)
+    v.raise_if_any()
+
+
+def check_refund(request: lifecycle_pb2.RefundRequest) -> None:
+    """Raise InvalidArgument listing every rule the request breaks."""
+    v = _Violations()
+    v.identifier("request_id", request.request_id)
+    v.authorization_id("authorization_id", request.authorization_id)
+    if request.capture_id:
+        v.identifier("capture_id", request.capture_id)
+    v.amount("amount_minor", request.amount_minor, positive=True)
+    v.currency("currency", request.currency)
+    v.text("merchant_id", request.merchant_id, MAX_SHORT_TEXT)
+    v.text("reason", request.reason, MAX_REASON)
+    v.timestamp("timestamp", request.timestamp, required=False)
+    v.raise_if_any()
+
+
+def check_extend_hold(request: lifecycle_pb2.ExtendHoldRequest) -> None:
+    """Raise InvalidArgument listing every rule the request breaks."""
+    v = _Violations()
+    v.identifier("request_id", request.request_id)
+    v.authorization_id("authorization_id", request.authorization_id)
+    v.timestamp("expires_at", request.expires_at)
     v.raise_if_any()

@@ -63,8 +63,8 @@ def test_health_and_reflection(payauth: PayauthProcess) -> None:
 
 def test_rpcs_of_later_parts_say_what_is_missing(acquirer: AcquirerClient,
                                                  payauth: PayauthProcess) -> None:
-    with pytest.raises(UnimplementedError, match="lifecycle"):
-        acquirer.capture(request_id="c1", authorization_id="A1-00")
+    with pytest.raises(UnimplementedError, match="merchant collaboration"):
+        acquirer.upsert_merchant_policy()
     with LoyaltyClient(payauth.target) as loyalty, pytest.raises(UnimplementedError,
                                                                  match="loyalty"):
         loyalty.get_balance()
