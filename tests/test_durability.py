@@ -67,3 +67,63 @@ def test_redis_sigkill_after_approvals_keeps_holds_and_events(tmp_path: Path) ->
     finally:
         assert server.stop() == 0
         redis_server.stop()
+
+
+def test_redis_sigkill_mid_capture_burst_loses_no_acknowledged_capture(tmp_path: Path) -> None:
+    import asyncio
+
+    from payauth.clients import AsyncAcquirerClient, PayauthError
+    from payauth.server.reconcile import reconcile
+    from payauth.server.store import Store
+
+    redis_server = RedisProcess(tmp_path / "redis").start()
+    server = PayauthProcess(tmp_path / "var", redis_url=redis_server.url, workers=2).start()
+    try:
+        account, authorizations, _ = _approve(server.target, 80)
+
+        async def burst() -> list[str]:
+            acknowledged: list[str] = []
+            async with AsyncAcquirerClient(server.target, timeout=5, max_attempts=1) as client:
+                async def capture(auth_id: str) -> None:
+                    try:
+                        await client.capture(request_id=f"cap-{auth_id}",
+                                             authorization_id=auth_id, amount_minor=50,
+                                             currency="USD", final_capture=True)
+                        acknowledged.append(auth_id)
+                    except PayauthError:
+                        pass
+
+                tasks = []
+                for i, auth_id in enumerate(authorizations):
+                    tasks.append(asyncio.create_task(capture(auth_id)))
+                    if i == 40:
+                        await asyncio.sleep(0.02)
+                        redis_server.kill(signal.SIGKILL)
+                    await asyncio.sleep(0.001)
+                await asyncio.gather(*tasks)
+            return acknowledged
+
+        acknowledged = asyncio.run(burst())
+        assert acknowledged, "no capture was acknowledged before the kill"
+        redis_server.start()
+
+        client = redis_server.client()
+        p = keys.partition_of(account)
+        for auth_id in acknowledged:
+            assert client.hget(keys.hold(p, auth_id), "captured") == b"50", auth_id
+        captures = {f[b"auth_id"].decode() for _, f in client.xrange(keys.ledger(p, account))
+                    if f[b"kind"] == b"capture"}
+        assert set(acknowledged) <= captures
+        client.close()
+
+        async def check() -> list:
+            store = Store.connect(redis_server.url, cluster=False, timeout_s=10)
+            try:
+                return (await reconcile(store))[1]
+            finally:
+                await store.close()
+
+        assert asyncio.run(check()) == []
+    finally:
+        assert server.stop() == 0
+        redis_server.stop()

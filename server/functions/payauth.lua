@@ -329,7 +329,9 @@ local function capture(keys, args)
   if h == nil then return {'error', 'not_found', ''} end
   if h.currency ~= currency then return {'error', 'currency_mismatch', h.currency} end
   if h.held == 0 then return {'error', 'not_capturable', status_of(h)} end
-  local ceiling = h.approved + math.floor(h.approved * h.tolerance_bps / 10000)
+  -- What was reversed is no longer authorized; the tolerance applies to the rest.
+  local authorized = h.approved - h.reversed
+  local ceiling = authorized + math.floor(authorized * h.tolerance_bps / 10000)
   if h.captured + amount > ceiling then
     return {'error', 'over_capture', fmt(ceiling - h.captured)}
   end
