@@ -12,7 +12,8 @@ from payauth.server.errors import AlreadyExistsError, FailedPreconditionError, N
 from payauth.server.pan import PanHasher
 from payauth.server.store import AccountRecord, CardRecord, HoldRecord, ImmutableFieldError, Store
 from payauth.server.validation import (
-    check_account_id,
+    DEFAULT_MAX_HOLDS,
+    check_get_account,
     check_set_card_status,
     check_upsert_account,
     check_upsert_card,
@@ -88,13 +89,15 @@ class Accounts:
         self, request: issuer_pb2.GetAccountRequest
     ) -> issuer_pb2.GetAccountResponse:
         """An account with its active holds."""
-        check_account_id(request.account_id)
-        found = await self._store.get_account(request.account_id)
+        check_get_account(request)
+        found = await self._store.get_account(request.account_id,
+                                              request.max_holds or DEFAULT_MAX_HOLDS)
         if found is None:
             raise NotFoundError(f"account {request.account_id} does not exist")
-        record, holds = found
+        record, holds, hold_count = found
         return issuer_pb2.GetAccountResponse(account=account_message(record),
-                                             holds=[hold_message(h) for h in holds])
+                                             holds=[hold_message(h) for h in holds],
+                                             hold_count=hold_count)
 
     async def upsert_card(
         self, request: issuer_pb2.UpsertCardRequest

@@ -13,6 +13,7 @@ import grpc
 
 from payauth.server.accounts import Accounts
 from payauth.server.authorize import AuthorizePipeline
+from payauth.server.authorize_stream import authorize_stream
 from payauth.server.errors import translate_errors, unimplemented
 from payauth.server.lifecycle import Lifecycle
 from payauth.v1 import (
@@ -49,8 +50,7 @@ class Authorizer(authorizer_pb2_grpc.AuthorizerServicer):
         self, request_iterator: AsyncIterator[authorizer_pb2.AuthorizeRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        await _refuse(context, "AuthorizeStream (the bidirectional stream for high-volume "
-                               "gateways)")
+        await authorize_stream(self._pipeline, request_iterator, context)
 
     @translate_errors
     async def Capture(  # noqa: N802

@@ -427,13 +427,16 @@ class Store:
         assert record is not None
         return record, reply[0] == b"created"
 
-    async def get_account(self, account_id: str) -> tuple[AccountRecord, list[HoldRecord]] | None:
-        """An account and its active holds (oldest first), or None."""
+    async def get_account(self, account_id: str, max_holds: int
+                          ) -> tuple[AccountRecord, list[HoldRecord], int] | None:
+        """An account, its first `max_holds` active holds by expiry (returned oldest first)
+        and its number of active holds; None when the account does not exist."""
         p = keys.partition_of(account_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.hmget(keys.account(p, account_id), _ACCOUNT_FIELDS)
-        pipe.zrange(keys.account_holds(p, account_id), 0, -1)
-        acct_f, hold_ids = await pipe.execute()
+        pipe.zrange(keys.account_holds(p, account_id), 0, max_holds - 1)
+        pipe.zcard(keys.account_holds(p, account_id))
+        acct_f, hold_ids, hold_count = await pipe.execute()
         record = _account(account_id, acct_f)
         if record is None:
             return None
@@ -448,7 +451,7 @@ class Store:
             if f[1] is not None
         ]
         holds.sort(key=lambda h: h.created_ms)
-        return record, holds
+        return record, holds, hold_count
 
     async def account_exists(self, account_id: str) -> bool:
         """True when the account exists."""

@@ -29,6 +29,8 @@ COUNTRIES = frozenset(c.alpha_2 for c in pycountry.countries)
 MAX_DEVICE_ID = 128
 MAX_SHORT_TEXT = 64
 MAX_REASON = 256
+DEFAULT_MAX_HOLDS = 100
+MAX_HOLDS = 1000
 
 
 class _Violations:
@@ -100,7 +102,7 @@ class _Violations:
 
 def check_authorize(request: authorizer_pb2.AuthorizeRequest, now_s: float,
                     max_future_s: int, max_past_s: int) -> None:
-    """Raise InvalidArgumentError listing every rule the request breaks."""
+    """Raise InvalidArgument listing every rule the request breaks."""
     v = _Violations()
     v.identifier("request_id", request.request_id)
     if request.pan and request.card_token:
@@ -150,7 +152,7 @@ def check_authorize(request: authorizer_pb2.AuthorizeRequest, now_s: float,
 
 
 def check_upsert_account(request: issuer_pb2.UpsertAccountRequest) -> None:
-    """Raise InvalidArgumentError listing every rule the request breaks."""
+    """Raise InvalidArgument listing every rule the request breaks."""
     v = _Violations()
     v.identifier("account_id", request.account_id)
     v.enum("kind", request.kind, common_pb2.AccountKind)
@@ -164,7 +166,7 @@ def check_upsert_account(request: issuer_pb2.UpsertAccountRequest) -> None:
 
 
 def check_upsert_card(request: issuer_pb2.UpsertCardRequest) -> None:
-    """Raise InvalidArgumentError listing every rule the request breaks."""
+    """Raise InvalidArgument listing every rule the request breaks."""
     v = _Violations()
     if request.card_token:
         v.identifier("card_token", request.card_token)
@@ -184,7 +186,7 @@ def check_upsert_card(request: issuer_pb2.UpsertCardRequest) -> None:
 
 
 def check_set_card_status(request: issuer_pb2.SetCardStatusRequest) -> None:
-    """Raise InvalidArgumentError listing every rule the request breaks."""
+    """Raise InvalidArgument listing every rule the request breaks."""
     v = _Violations()
     v.identifier("card_token", request.card_token)
     v.enum("status", request.status, common_pb2.CardStatus)
@@ -192,10 +194,12 @@ def check_set_card_status(request: issuer_pb2.SetCardStatusRequest) -> None:
     v.raise_if_any()
 
 
-def check_account_id(account_id: str) -> None:
-    """Raise InvalidArgumentError when an account id is malformed."""
+def check_get_account(request: issuer_pb2.GetAccountRequest) -> None:
+    """Raise InvalidArgument listing every rule the request breaks."""
     v = _Violations()
-    v.identifier("account_id", account_id)
+    v.identifier("account_id", request.account_id)
+    if not 0 <= request.max_holds <= MAX_HOLDS:
+        v.add("max_holds", f"must be between 0 and {MAX_HOLDS}")
     v.raise_if_any()
 
 
