@@ -121,12 +121,12 @@ class AuthorizePipeline:
     async def _decide(self, request: authorizer_pb2.AuthorizeRequest, route: CardRoute,
                       snapshot: AuthorizationSnapshot, fingerprint: str,
                       now: float) -> authorizer_pb2.AuthorizeResponse:
-        if snapshot.claim_fingerprint != fingerprint:
-            raise _conflict()
+        if snapshot.claim_fingerprint != fingerprint or (
+                snapshot.stored_fingerprint is not None
+                and snapshot.stored_fingerprint != fingerprint):
+            raise _conflict()  # another body, or a capture/reversal/refund's request_id
         stored = snapshot.stored or snapshot.claim_answer
         if stored is not None:
-            if snapshot.stored is not None and snapshot.stored_fingerprint != fingerprint:
-                raise _conflict()
             response = authorizer_pb2.AuthorizeResponse.FromString(stored.base)
             response.replayed = True
             return apply_outcome(response, stored.outcome, stored.approved,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -31,12 +32,15 @@ from payauth.server.errors import (
     PayauthError,
     UnimplementedError,
 )
+from payauth.server.metrics import RPC_LATENCY, RPC_REQUESTS, count_decision
 from payauth.server.responses import decline
 from payauth.v1 import authorizer_pb2, common_pb2
 
 log = logging.getLogger(__name__)
 
 WINDOW = 256
+METHOD = "AuthorizeStream"
+LATENCY = RPC_LATENCY.labels(METHOD)
 
 
 def refusal_answer(request: authorizer_pb2.AuthorizeRequest,
@@ -70,14 +74,23 @@ async def authorize_stream(pipeline: AuthorizePipeline,
     deciding: set[asyncio.Task[None]] = set()
 
     async def decide(request: authorizer_pb2.AuthorizeRequest) -> None:
+        started = time.perf_counter()
+        code = "OK"
         try:
             answer = await pipeline.authorize(request)
-        except (PayauthError, RedisError) as exc:
+        except PayauthError as exc:
+            code = exc.code.name
+            answer = refusal_answer(request, exc)
+        except RedisError as exc:
+            code = "UNAVAILABLE"
             answer = refusal_answer(request, exc)
         except Exception as exc:  # noqa: BLE001 - one bad request must not end the stream
+            code = "INTERNAL"
             log.exception("AuthorizeStream request failed")
             answer = refusal_answer(request, exc)
-        answers.put_nowait(answer)
+        LATENCY.observe(time.perf_counter() - started)
+        RPC_REQUESTS.labels(METHOD, code).inc()
+        answers.put_nowait(count_decision(answer, METHOD))
 
     async def read() -> None:
         try:

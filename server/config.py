@@ -40,6 +40,7 @@ class Settings:
     hold_ttl_by_mcc: tuple[tuple[str, int], ...] = ()
     sweep_interval_s: float = 1.0
     clock_file: Path | None = None
+    metrics_port: int = 9464
 
     @property
     def embedded_redis(self) -> bool:
@@ -111,6 +112,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="read the time from this file (seconds since the epoch) instead "
                              "of the system clock: for tests and simulations only "
                              "(PAYAUTH_CLOCK_FILE)")
+    parser.add_argument("--metrics-port", type=int,
+                        default=int(_env("metrics_port", str(d.metrics_port))),
+                        help="port of the Prometheus /metrics endpoint on --host, 0 for none "
+                             "(PAYAUTH_METRICS_PORT, default %(default)s)")
     parser.add_argument("--idempotency-ttl", dest="idempotency_ttl_s", type=int,
                         default=int(_env("idempotency_ttl", str(d.idempotency_ttl_s))),
                         help="seconds a request_id and its answer are remembered "
@@ -143,12 +148,16 @@ def _optional_path(value: str | None) -> Path | None:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Build and check the settings; raise ValueError with a clear message when wrong."""
+    if args.clock_file and not args.clock_file.is_file():
+        raise ValueError(f"--clock-file {args.clock_file} does not exist")
     if args.sweep_interval_s <= 0:
         raise ValueError("--sweep-interval must be positive")
     if args.workers < 1:
         raise ValueError("--workers must be at least 1")
     if not 0 <= args.port <= 65535:
         raise ValueError("--port must be between 0 and 65535")
+    if not 0 <= args.metrics_port <= 65535:
+        raise ValueError("--metrics-port must be between 0 and 65535")
     if not _is_loopback(args.host):
         raise ValueError(
             f"--host {args.host} is not a loopback address: plain-text gRPC is served on "
@@ -184,6 +193,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         hold_ttl_by_mcc=parse_ttl_by_mcc(args.hold_ttl_by_mcc),
         sweep_interval_s=args.sweep_interval_s,
         clock_file=args.clock_file.resolve() if args.clock_file else None,
+        metrics_port=args.metrics_port,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -18,6 +19,8 @@ from grpc_status import rpc_status
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from payauth.server.metrics import RPC_LATENCY, RPC_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +94,35 @@ Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
 def translate_errors(method: Handler) -> Handler:
-    """Turn PayauthError and Redis unavailability into gRPC statuses for a unary handler."""
+    """Turn PayauthError and Redis unavailability into gRPC statuses for a unary handler,
+    and count the call and its latency."""
+
+    name = method.__name__
+    latency = RPC_LATENCY.labels(name)
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        code = "OK"
         try:
             return await method(self, request, context)
         except PayauthError as exc:
+            code = exc.code.name
             await context.abort_with_status(exc.to_status())
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            log.error("state store unavailable in %s: %s", method.__name__, exc)
+            code = "UNAVAILABLE"
+            log.error("state store unavailable in %s: %s", name, exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 "the state store did not answer in time; retry the request")
         except RedisError as exc:
             # Out of memory, a read-only replica, a script error: nothing a retry fixes.
-            log.error("state store refused %s: %s", method.__name__, exc)
+            code = "INTERNAL"
+            log.error("state store refused %s: %s", name, exc)
             await context.abort(grpc.StatusCode.INTERNAL,
                                 f"the state store refused the operation: {exc}")
+        finally:
+            latency.observe(time.perf_counter() - started)
+            RPC_REQUESTS.labels(name, code).inc()
 
     return wrapper  # type: ignore[return-value]
 

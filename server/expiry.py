@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from payauth.server import keys
 from payauth.server.clock import Clock
+from payauth.server.metrics import EXPIRED_HOLDS
 from payauth.server.store import Store
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ class ExpirySweeper:
         self._clock = clock
         self._interval_s = interval_s
         self._partitions = list(range(worker_index, keys.PARTITIONS, worker_count))
-        self.expired = 0
 
     async def sweep_once(self) -> int:
         """Release every hold of this sweeper's partitions that is due; return how many."""
@@ -44,12 +44,12 @@ class ExpirySweeper:
                 return released
             outcomes = [await self._store.expire(p, auth_id, now_ms) for p, auth_id in due]
             released += outcomes.count("expired")
-            self.expired += outcomes.count("expired")
+            EXPIRED_HOLDS.inc(outcomes.count("expired"))
             if "expired" not in outcomes and "gone" not in outcomes:
                 return released  # all extended meanwhile; nothing left to release now
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Sweep until `stopping` is set; a Redis outage is logged and retried."""
+        """Sweep until `stopping` is set; any failure is logged and retried."""
         # Start at a random point of the interval, so workers do not sweep in step.
         await _sleep_or_stop(stopping, random.uniform(0, self._interval_s))
         while not stopping.is_set():
@@ -59,6 +59,8 @@ class ExpirySweeper:
                     log.info("released %d expired hold(s)", count)
             except RedisError as exc:
                 log.warning("expiry sweep failed, retrying next interval: %s", exc)
+            except Exception:  # noqa: BLE001 - the sweeper must outlive any one failure
+                log.exception("expiry sweep failed, retrying next interval")
             await _sleep_or_stop(stopping, self._interval_s)
 
 

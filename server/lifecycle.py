@@ -143,7 +143,7 @@ class Lifecycle:
             reply = await self._store.reverse(
                 authorization_id=request.authorization_id, request_id=request.request_id,
                 fingerprint=fingerprint, amount=request.amount_minor, now_ms=now_ms,
-                idempotency_ttl_ms=self._ttl_ms)
+                idempotency_ttl_ms=self._ttl_ms, currency=request.currency)
         else:
             reply = await self._store.reverse_by_request(
                 original_request_id=request.original_request_id,

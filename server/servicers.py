@@ -16,6 +16,7 @@ from payauth.server.authorize import AuthorizePipeline
 from payauth.server.authorize_stream import authorize_stream
 from payauth.server.errors import translate_errors, unimplemented
 from payauth.server.lifecycle import Lifecycle
+from payauth.server.metrics import count_decision
 from payauth.v1 import (
     authorizer_pb2,
     authorizer_pb2_grpc,
@@ -44,7 +45,7 @@ class Authorizer(authorizer_pb2_grpc.AuthorizerServicer):
     async def Authorize(  # noqa: N802 - gRPC method name
         self, request: authorizer_pb2.AuthorizeRequest, context: grpc.aio.ServicerContext
     ) -> authorizer_pb2.AuthorizeResponse:
-        return await self._pipeline.authorize(request)
+        return count_decision(await self._pipeline.authorize(request), "Authorize")
 
     async def AuthorizeStream(  # noqa: N802
         self, request_iterator: AsyncIterator[authorizer_pb2.AuthorizeRequest],

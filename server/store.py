@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from importlib.resources import files
 
@@ -18,11 +19,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from payauth.server import keys
+from payauth.server.metrics import REDIS_LATENCY
 from payauth.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
 LIBRARY_NAME = "payauth"
+READ_LATENCY = REDIS_LATENCY.labels("authorize_read")
+COMMIT_LATENCY = REDIS_LATENCY.labels("authorize_commit")
 LIBRARY_CODE = (files("payauth.server.functions") / "payauth.lua").read_text()
 
 _ACCOUNT_KINDS = {
@@ -334,10 +338,12 @@ class Store:
         pipe.fcall("payauth_claim_request", 1, claim, fingerprint, claim_ttl_ms, account_id)
         if pan_hash is not None:
             pipe.get(keys.pan_index(pan_hash))
+        started = time.perf_counter()
         replies = await pipe.execute()
+        READ_LATENCY.observe(time.perf_counter() - started)
         card_f, acct_f, idem_f, claim_f = replies[:4]
         stored = None
-        if idem_f[0] is not None:
+        if idem_f[1] is not None:  # an authorization's answer (a lifecycle record has none)
             stored = _answer(*idem_f[1:])
         claim_answer = None
         if claim_f[1] is not None:
@@ -379,6 +385,7 @@ class Store:
         'increment') or record a decision taken (mode 'final'); store the answer; append
         the ledger entry and the event."""
         p = keys.partition_of(account_id)
+        started = time.perf_counter()
         reply = await self._fcall(
             "payauth_authorize_commit",
             [keys.account(p, account_id), keys.idempotency(p, request_id)],
@@ -389,6 +396,7 @@ class Store:
                 max_expires_ms,
             ],
         )
+        COMMIT_LATENCY.observe(time.perf_counter() - started)
         return _commit_result(reply)
 
     async def record_unrouted(
@@ -501,14 +509,15 @@ class Store:
         ))
 
     async def reverse(self, *, authorization_id: str, request_id: str, fingerprint: str,
-                      amount: int, now_ms: int, idempotency_ttl_ms: int) -> LifecycleReply:
+                      amount: int, now_ms: int, idempotency_ttl_ms: int,
+                      currency: str) -> LifecycleReply:
         """Reverse part or all of an authorization's hold."""
         p = keys.partition_from_authorization_id(authorization_id)
         return _lifecycle_reply(await self._fcall(
             "payauth_reverse",
             [keys.hold(p, authorization_id), keys.idempotency(p, request_id)],
             [keys.tag(p), authorization_id, request_id, fingerprint, amount, now_ms,
-             idempotency_ttl_ms],
+             idempotency_ttl_ms, currency],
         ))
 
     async def reverse_by_request(self, *, original_request_id: str, request_id: str,

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from redis.exceptions import RedisError
 
+from payauth.server import metrics
 from payauth.server.app import run_worker
 from payauth.server.config import Settings
 from payauth.server.embedded_redis import EmbeddedRedis
@@ -144,6 +145,10 @@ class Supervisor:
                          " (cluster)" if s.redis_cluster else "")
             asyncio.run(_prepare_store(redis_url, s, pans))
             self.port = s.port or _free_port(s.host)
+            metrics.prepare_directory(s.data_dir / "metrics")
+            if s.metrics_port:
+                metrics.serve_metrics(s.host, s.metrics_port)
+                log.info("Prometheus metrics on http://%s:%d/metrics", s.host, s.metrics_port)
             if not self._start_workers(redis_url):
                 return 1
             print(f"payauth serving on {s.host}:{self.port} with {s.workers} worker(s)",
@@ -196,6 +201,8 @@ class Supervisor:
         while not self._stop_requested:
             if wait(sentinels, timeout=0.2):
                 dead = [p for p in self.workers if not p.is_alive()]
+                for p in dead:
+                    metrics.worker_exited(p.pid)
                 if dead and not self._stop_requested:
                     log.error("worker %s exited with %s; stopping the server",
                               dead[0].name, dead[0].exitcode)

@@ -144,7 +144,8 @@ class PayauthProcess:
         self.data_dir = data_dir
         self.redis_url = redis_url
         self.workers = workers
-        self.port = port or (free_cluster_port() if cluster else free_port())
+        self.port = port or free_port()
+        self.metrics_port = free_port()
         self.cluster = cluster
         self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
@@ -158,7 +159,8 @@ class PayauthProcess:
         """Start the process without waiting for it to serve."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [sys.executable, "-m", "payauth.server", "serve", "--port", str(self.port),
-                "--workers", str(self.workers), "--data-dir", str(self.data_dir), *self.extra]
+                "--workers", str(self.workers), "--data-dir", str(self.data_dir),
+                "--metrics-port", str(self.metrics_port), *self.extra]
         if self.redis_url:
             args += ["--redis-url", self.redis_url]
         if self.cluster:

@@ -483,3 +483,42 @@ def test_reconcile_and_settlement(server, lifecycle_redis, issuer, acquirer, clo
         assert account in broken.stdout
     finally:
         rclient.hincrby(keys.account(keys.partition_of(account), account), "held", -1)
+
+
+def test_timeout_reversal_of_an_increment_releases_only_the_increment(issuer, acquirer,
+                                                                      clock) -> None:
+    account, card, auth = setup_hold(issuer, acquirer, clock, amount=10_000, balance=25_000,
+                                     mcc="7011")
+    declined = authorize_request(card_token=card, amount_minor=50_000, mcc="7011",
+                                 timestamp=clock.timestamp(), original_authorization_id=auth)
+    assert acquirer.authorize(declined).iso_response_code == "51"
+    nothing = acquirer.reverse(request_id=unique("rev"), original_request_id=declined.request_id)
+    assert nothing.status == S.AUTHORIZATION_STATUS_DECLINED
+    assert account_state(issuer, account) == (25_000, 10_000, 15_000)
+
+    increment = authorize_request(card_token=card, amount_minor=5_000, mcc="7011",
+                                  timestamp=clock.timestamp(), original_authorization_id=auth)
+    assert acquirer.authorize(increment).iso_response_code == "00"
+    assert account_state(issuer, account)[1] == 15_000
+    undone = acquirer.reverse(request_id=unique("rev"), original_request_id=increment.request_id)
+    assert (undone.reversed_amount_minor, undone.remaining_hold_minor) == (5_000, 10_000)
+    assert account_state(issuer, account) == (25_000, 10_000, 15_000)
+
+
+def test_a_lifecycle_request_id_cannot_be_reused_for_an_authorization(issuer, acquirer,
+                                                                      clock) -> None:
+    _, card, auth = setup_hold(issuer, acquirer, clock)
+    capture_id = unique("cap")
+    acquirer.capture(request_id=capture_id, authorization_id=auth, amount_minor=100,
+                     currency="USD")
+    with pytest.raises(AlreadyExistsError):
+        acquirer.authorize(authorize_request(card_token=card, request_id=capture_id,
+                                             timestamp=clock.timestamp()))
+
+
+def test_reversal_in_another_currency_is_refused(issuer, acquirer, clock) -> None:
+    account, _, auth = setup_hold(issuer, acquirer, clock)
+    with pytest.raises(FailedPreconditionError):
+        acquirer.reverse(request_id=unique("rev"), authorization_id=auth, amount_minor=100,
+                         currency="EUR")
+    assert account_state(issuer, account)[1] == 10_000

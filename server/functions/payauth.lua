@@ -262,7 +262,9 @@ local function authorize_commit(keys, args)
     end
     ledger(tag, account_id, mode == 'increment' and 'increment' or 'hold', approved, 0, approved,
            auth_id, request_id, now_ms)
-  elseif mode ~= 'increment' then
+  else
+    -- Nothing held by this request: its answer names no authorization, so a timeout
+    -- reversal of it (by request_id) finds nothing to release.
     auth_id = ''
   end
 
@@ -385,15 +387,21 @@ reverse: reverse all or part of the uncaptured hold of an authorization.
 
 KEYS: 1 hold, 2 idempotency record of the reversal
 ARGV: 1 partition tag, 2 authorization id, 3 request_id, 4 fingerprint,
-      5 amount (0: all that is held), 6 now (ms), 7 idempotency ttl (ms)
-Returns like capture; errors 'not_found', 'not_reversible' (status), 'over_reversal' (held).
+      5 amount (0: all that is held), 6 now (ms), 7 idempotency ttl (ms),
+      8 currency of the amount ('' when none was given)
+Returns like capture; errors 'not_found', 'currency_mismatch', 'not_reversible' (status),
+'over_reversal' (held).
 --]]
 local function reverse(keys, args)
   local hold_key, idem_key = keys[1], keys[2]
   local tag, auth_id, request_id, fingerprint = args[1], args[2], args[3], args[4]
-  local amount, now_ms, ttl_ms = tonumber(args[5]), args[6], args[7]
+  local amount, now_ms, ttl_ms, currency = tonumber(args[5]), args[6], args[7], args[8]
   local previous = stored_result(idem_key, fingerprint)
   if previous then return previous end
+  if currency ~= '' and redis.call('HGET', hold_key, 'currency') ~= currency then
+    local held_in = redis.call('HGET', hold_key, 'currency')
+    if held_in then return {'error', 'currency_mismatch', held_in} end
+  end
   local h, reversed = reverse_hold(tag, hold_key, auth_id, request_id, amount, now_ms)
   if h == nil then return reversed end
   return store_result(idem_key, fingerprint,
@@ -445,7 +453,7 @@ local function reverse_original(keys, args)
   local amount, now_ms, ttl_ms = tonumber(args[5]), args[6], args[7]
   local previous = stored_result(idem_key, fingerprint)
   if previous then return previous end
-  local decided = redis.call('HMGET', original_idem, 'outcome', 'auth_id')
+  local decided = redis.call('HMGET', original_idem, 'outcome', 'auth_id', 'approved')
   if not decided[1] then
     redis.call('SET', k_early(tag, original_id), request_id, 'PX', ttl_ms)
     return store_result(idem_key, fingerprint,
@@ -456,6 +464,13 @@ local function reverse_original(keys, args)
     return store_result(idem_key, fingerprint,
                         {'declined', '0', '0', '0', '0', '0', '0', '0', request_id, now_ms, '',
                          '', '0', '1'}, ttl_ms)
+  end
+  if amount == 0 then
+    -- A full reversal of this request: what it approved (an incremental authorization
+    -- approved only its increment), or what is left of it.
+    local held = tonumber(redis.call('HGET', k_hold(tag, auth_id), 'held') or '0')
+    amount = math.min(tonumber(decided[3]), held)
+    if amount == 0 then amount = held end
   end
   local h, reversed = reverse_hold(tag, k_hold(tag, auth_id), auth_id, request_id, amount,
                                    now_ms)

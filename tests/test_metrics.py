@@ -1,0 +1,43 @@
+"""The Prometheus endpoint sums every worker's samples: RPC counts and latencies,
+decisions by response code, replays, Redis latency."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from payauth.clients import AcquirerClient, IssuerClient
+from tests.conftest import authorize_request, issue_card, open_account
+from tests.servers import PayauthProcess
+
+
+def _samples(server: PayauthProcess) -> dict[tuple[str, tuple], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics",
+                                  timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_count_decisions_across_workers(payauth: PayauthProcess, issuer: IssuerClient,
+                                                acquirer: AcquirerClient) -> None:
+    before = _samples(payauth)
+    account = open_account(issuer, 2_000)
+    card = issue_card(issuer, account)
+    requests = [authorize_request(card_token=card, amount_minor=1_000) for _ in range(3)]
+    for request in requests:
+        acquirer.authorize(request)
+    acquirer.authorize(requests[0])  # a replay
+
+    after = _samples(payauth)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew("payauth_rpc_requests_total", method="Authorize", code="OK") == 4
+    assert grew("payauth_decisions_total", decision="APPROVE", response_code="00") == 3
+    assert grew("payauth_decisions_total", decision="DECLINE", response_code="51") == 1
+    assert grew("payauth_replays_total", method="Authorize") == 1
+    assert grew("payauth_rpc_latency_seconds_count", method="Authorize") == 4
+    assert grew("payauth_redis_latency_seconds_count", operation="authorize_commit") == 3
