@@ -41,3 +41,25 @@ def test_metrics_count_decisions_across_workers(payauth: PayauthProcess, issuer:
     assert grew("payauth_replays_total", method="Authorize") == 1
     assert grew("payauth_rpc_latency_seconds_count", method="Authorize") == 4
     assert grew("payauth_redis_latency_seconds_count", operation="authorize_commit") == 3
+
+
+def test_dashboard_queries_name_real_metrics() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    from prometheus_client import Counter, Histogram
+
+    from payauth.server import metrics
+
+    exposed: set[str] = set()
+    for value in vars(metrics).values():
+        if isinstance(value, Counter):
+            exposed.add(value._name + "_total")
+        elif isinstance(value, Histogram):
+            exposed.update(value._name + suffix for suffix in ("_bucket", "_count", "_sum"))
+    dashboard = json.loads((Path(__file__).parents[1] / "docs" / "grafana-dashboard.json")
+                           .read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"payauth_\w+", target["expr"])}
+    assert used and used <= exposed, used - exposed
