@@ -5,5 +5,21 @@ from the extension modules themselves.
 """
 
 from payauth.core.keyed_hash import KeyedHash
+from payauth.core.models import (
+    TreeModel,
+    load_lightgbm_json,
+    load_lightgbm_text,
+    load_model,
+    load_xgboost_json,
+)
+from payauth.core.trees import TreeEnsemble
 
-__all__ = ["KeyedHash"]
+__all__ = [
+    "KeyedHash",
+    "TreeEnsemble",
+    "TreeModel",
+    "load_lightgbm_json",
+    "load_lightgbm_text",
+    "load_model",
+    "load_xgboost_json",
+]
