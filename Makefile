@@ -17,13 +17,14 @@ $(STAMP): $(SOURCES) | system-deps
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# redis-server (and redis-cli, for the cluster tests) and the OpenSSL headers the
-# Cython keyed hash builds against, from Debian packages when missing.
+# redis-server (and redis-cli, for the cluster tests), the OpenSSL headers the keyed
+# hash builds against and RE2 (CEL's regular expressions), from Debian packages when missing.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
 	[ -f /usr/include/openssl/hmac.h ] || missing="$$missing libssl-dev"; \
+	[ -f /usr/include/re2/re2.h ] || missing="$$missing libre2-dev"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		$(SUDO) apt-get update -qq && \

@@ -4,6 +4,7 @@ Only the names below are public; the server imports them from here, never
 from the extension modules themselves.
 """
 
+from payauth.core.cel_compiler import CelCompileError, compile_expression
 from payauth.core.keyed_hash import KeyedHash
 from payauth.core.models import (
     TreeModel,
@@ -12,12 +13,26 @@ from payauth.core.models import (
     load_model,
     load_xgboost_json,
 )
+from payauth.core.policy import (
+    CompiledPolicy,
+    DecisionContextBuilder,
+    PolicyCompileError,
+    PolicyResult,
+    compile_policy,
+)
 from payauth.core.trees import TreeEnsemble
 
 __all__ = [
+    "CelCompileError",
+    "CompiledPolicy",
+    "DecisionContextBuilder",
     "KeyedHash",
+    "PolicyCompileError",
+    "PolicyResult",
     "TreeEnsemble",
     "TreeModel",
+    "compile_expression",
+    "compile_policy",
     "load_lightgbm_json",
     "load_lightgbm_text",
     "load_model",

@@ -19,7 +19,7 @@ def test_generated_files_are_not_tracked() -> None:
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.split()
     generated = [f for f in tracked if f.endswith(("_pb2.py", "_pb2_grpc.py", "_pb2.pyi", ".so"))
-                 or (f.startswith("core_ext/") and f.endswith(".c"))]
+                 or (f.startswith("core_ext/") and f.endswith((".c", ".cpp")))]
     assert generated == []
 
 

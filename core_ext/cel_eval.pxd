@@ -1,0 +1,121 @@
+# The CEL evaluator's data as other modules of the core (policy_eval) cimport it: the tagged
+# value, the flat instruction, the compiled program and the per-evaluation scratch space.
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
+
+
+cdef enum CelKind:
+    K_ERROR = 0
+    K_NULL = 1
+    K_BOOL = 2
+    K_INT = 3
+    K_UINT = 4
+    K_DOUBLE = 5
+    K_STRING = 6
+    K_BYTES = 7
+    K_TIMESTAMP = 8
+    K_DURATION = 9
+    K_LIST = 10
+    K_MAP = 11
+    K_TYPE = 12
+
+cdef enum:
+    # A string whose pointer is the interned copy: two interned strings are equal exactly when
+    # their pointers are, so equality against policy constants compares integers.
+    F_INTERNED = 1
+
+
+ctypedef union CelPayload:
+    int64_t i
+    uint64_t u
+    double d
+    const char *s
+    const void *p
+
+
+# One CEL value in 16 bytes. `n` is the byte length of a string or bytes, the element count of
+# a list, the entry count of a map (its items hold key, value, key, value...), the nanoseconds
+# of a timestamp or duration (whose `v.i` is the floor of its seconds), a type's code, or an
+# error's code.
+ctypedef struct CelValue:
+    uint8_t kind
+    uint8_t flags
+    uint16_t spare
+    int32_t n
+    CelPayload v
+
+
+# One instruction of the register machine: `dst` receives the result of `op` over registers
+# `a` and `b`; `c` is a jump target, a regex or zone index, or a third register.
+ctypedef struct Instr:
+    int32_t op
+    int32_t dst
+    int32_t a
+    int32_t b
+    int32_t c
+
+
+# UTC offsets of a time zone, precomputed at compile time: offsets[i] applies from starts[i]
+# (UTC seconds) up to the next start; times before starts[0] or from `limit` on are outside the
+# table. A fixed offset (`is_fixed`) applies everywhere, with nanoseconds.
+ctypedef struct ZoneTable:
+    const int64_t *starts
+    const int32_t *offsets
+    int32_t count
+    int32_t is_fixed
+    int64_t limit
+    int64_t fixed_seconds
+    int64_t fixed_nanos
+
+
+ctypedef struct ProgramData:
+    const Instr *code
+    int32_t n_code
+    int32_t n_inputs
+    int32_t n_regs
+    void **regexes
+    const ZoneTable *zones
+
+
+# Bump allocator for values made during one evaluation (concatenations, list and map
+# literals over inputs, conversions to string); reset, never freed, between evaluations.
+ctypedef struct Arena:
+    CelValue *vals
+    int64_t vcap
+    int64_t vtop
+    char *bytes
+    int64_t bcap
+    int64_t btop
+
+
+cdef void cel_run(const ProgramData *prog, CelValue *regs, Arena *arena,
+                  int32_t start, int32_t end) noexcept nogil
+
+
+cdef class Program:
+    cdef ProgramData data
+    cdef Instr *_code
+    cdef CelValue *_init
+    cdef void **_regexes
+    cdef int32_t _n_regexes
+    cdef ZoneTable *_zones
+    cdef int32_t _n_zones
+    cdef int32_t *_entries
+    cdef readonly int32_t n_entries
+    cdef list _keep
+
+
+cdef class Scratch:
+    cdef CelValue *regs
+    cdef int32_t n_regs
+    cdef Arena arena
+    cdef readonly Program program
+    cdef bint busy
+
+
+cdef class Activation:
+    cdef CelValue *slots
+    cdef CelValue *_zero
+    cdef readonly int32_t n_slots
+    cdef list _keep
+    cdef list _hints

@@ -1,0 +1,140 @@
+# distutils: language = c++
+"""The policy loop of the decision core: every rule of a compiled policy, in C, GIL released.
+
+A policy's rule conditions share one `cel_eval.Program` (one register file, one constant
+pool); `PolicyCore.run` walks the rule table, runs each condition with `cel_run`, records
+each rule's status in a byte array and folds matches into a decision and a score delta. It
+calls no allocator and touches no Python object; `payauth.core.policy` builds the Python
+result from the status bytes afterwards, only as far as a caller reads it.
+"""
+
+from libc.stdint cimport int32_t, uint8_t
+from libc.stdlib cimport calloc, free
+
+from payauth.core.cel_eval cimport (
+    K_BOOL,
+    K_DOUBLE,
+    CelValue,
+    ProgramData,
+    Scratch,
+    cel_run,
+)
+
+
+cdef inline int severity(int action) noexcept nogil:
+    if action == ACTION_DECLINE:
+        return 3
+    if action == ACTION_STEP_UP:
+        return 2
+    if action == ACTION_APPROVE:
+        return 1
+    return 0
+
+
+cdef int32_t run_rules(PolicyCore core, Scratch scratch, uint8_t *status,
+                       double *score) noexcept nogil:
+    """Evaluate the rules; the index of the deciding rule (-1: none, -2: the decline score
+    threshold, -3: the step-up score threshold). `score` receives the final score."""
+    cdef const ProgramData *prog = &core.program.data
+    cdef CelValue *regs = scratch.regs
+    cdef int32_t i, decided = -1
+    cdef int best = 0, sev
+    cdef double delta = 0.0, base = 0.0
+    cdef const CelValue *v
+    cdef RuleRow *row
+    if core.score_slot >= 0 and regs[core.score_slot].kind == K_DOUBLE:
+        base = regs[core.score_slot].v.d
+    for i in range(core.n_rules):
+        row = &core.rows[i]
+        if core.first_match and decided >= 0 and not row.shadow:
+            status[i] = STATUS_SKIPPED
+            continue
+        # Each condition is a bool: nothing it made in the arena outlives it.
+        scratch.arena.vtop = 0
+        scratch.arena.btop = 0
+        cel_run(prog, regs, &scratch.arena, row.start, row.end)
+        v = &regs[row.result]
+        if v.kind != K_BOOL:
+            status[i] = STATUS_ERROR
+            continue
+        if v.v.i == 0:
+            status[i] = STATUS_NO_MATCH
+            continue
+        status[i] = STATUS_MATCH
+        if row.shadow:
+            continue
+        if row.action == ACTION_ADD_TO_SCORE:
+            delta += row.score_delta
+        elif row.action != ACTION_TAG:
+            sev = severity(row.action)
+            if core.first_match:
+                if decided < 0:
+                    decided = i
+            elif sev > best:
+                best = sev
+                decided = i
+    base += delta
+    if base < 0.0 or base != base:
+        base = 0.0
+    elif base > 1.0:
+        base = 1.0
+    score[0] = base
+    if decided < 0:
+        if core.has_decline_threshold and base >= core.decline_threshold:
+            decided = -2
+        elif core.has_step_up_threshold and base >= core.step_up_threshold:
+            decided = -3
+    return decided
+
+
+cdef class PolicyCore:
+    """The rule table of one compiled policy, and its scratch space."""
+
+    def __cinit__(self, Program program, rows, bint first_match, int score_slot,
+                  step_up_threshold=None, decline_threshold=None):
+        cdef Py_ssize_t i
+        self.program = program
+        self.scratch = Scratch(program)
+        self.first_match = first_match
+        self.score_slot = score_slot
+        self.n_rules = len(rows)
+        self.rows = <RuleRow *>calloc(self.n_rules + 1, sizeof(RuleRow))
+        if self.rows == NULL:
+            raise MemoryError()
+        for i, (entry, action, shadow, score_delta) in enumerate(rows):
+            start, end, result = program.entry(entry)
+            self.rows[i].start = start
+            self.rows[i].end = end
+            self.rows[i].result = result
+            self.rows[i].action = action
+            self.rows[i].shadow = 1 if shadow else 0
+            self.rows[i].score_delta = score_delta
+        self.has_step_up_threshold = step_up_threshold is not None
+        self.step_up_threshold = step_up_threshold if step_up_threshold is not None else 0.0
+        self.has_decline_threshold = decline_threshold is not None
+        self.decline_threshold = decline_threshold if decline_threshold is not None else 0.0
+
+    def __dealloc__(self):
+        free(self.rows)
+
+    def run(self, inputs, bytearray status not None):
+        """Evaluate over an Activation: (deciding rule index or -1/-2/-3, final score). The
+        status of rule i is written to status[i]."""
+        cdef Scratch scratch = self.scratch
+        cdef double score = 0.0
+        cdef int32_t decided
+        cdef uint8_t *out
+        if len(status) < self.n_rules:
+            raise ValueError("status buffer too short")
+        if scratch.busy:
+            # Another thread is inside this policy (the GIL is released while it runs).
+            scratch = Scratch(self.program)
+        scratch.busy = True
+        try:
+            scratch.load(inputs)
+            out = <uint8_t *><char *>status
+            with nogil:
+                decided = run_rules(self, scratch, out, &score)
+        finally:
+            scratch.busy = False
+        return decided, score
