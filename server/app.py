@@ -22,9 +22,11 @@ from payauth.server.accounts import Accounts
 from payauth.server.authorize import AuthorizePipeline
 from payauth.server.clock import clock_for
 from payauth.server.config import Settings
+from payauth.server.decision_core import CoreRegistry
 from payauth.server.expiry import ExpirySweeper
 from payauth.server.lifecycle import Lifecycle
 from payauth.server.pan import PanHasher, load_or_create_key
+from payauth.server.policies import IssuerPolicies
 from payauth.server.servicers import Authorizer, IssuerControl, Loyalty
 from payauth.server.store import Store
 from payauth.v1 import (
@@ -59,12 +61,15 @@ async def serve_worker(settings: Settings, redis_url: str, port: int, worker_ind
     store = Store.connect(redis_url, settings.redis_cluster, settings.redis_timeout_s)
     pans = PanHasher(load_or_create_key(settings.pan_key_path, create=False))
     clock = clock_for(settings.clock_file)
+    registry = CoreRegistry(store)
+    await registry.reload()
     server = grpc.aio.server(options=SERVER_OPTIONS)
     authorizer_pb2_grpc.add_AuthorizerServicer_to_server(
-        Authorizer(AuthorizePipeline(store, pans, settings, clock),
+        Authorizer(AuthorizePipeline(store, pans, settings, registry, clock),
                    Lifecycle(store, settings, clock)), server)
     issuer_pb2_grpc.add_IssuerControlServicer_to_server(
-        IssuerControl(Accounts(store, pans, clock)), server)
+        IssuerControl(Accounts(store, pans, clock), IssuerPolicies(store, registry, clock)),
+        server)
     loyalty_pb2_grpc.add_LoyaltyServicer_to_server(Loyalty(), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -82,6 +87,7 @@ async def serve_worker(settings: Settings, redis_url: str, port: int, worker_ind
     sweeper = ExpirySweeper(store, clock, settings.sweep_interval_s, worker_index,
                             settings.workers)
     sweeping = asyncio.create_task(sweeper.run(stopping))
+    watching = asyncio.create_task(registry.watch(stopping))
     on_ready()
     await stopping.wait()
     log.info("draining: health NOT_SERVING, waiting up to %.1f s for in-flight calls",
@@ -89,6 +95,7 @@ async def serve_worker(settings: Settings, redis_url: str, port: int, worker_ind
     await health_servicer.enter_graceful_shutdown()
     await server.stop(settings.grace_s)
     await sweeping
+    await watching
     await store.close()
 
 

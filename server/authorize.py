@@ -1,16 +1,17 @@
 """The Authorize pipeline (brief §4), as far as this version reaches:
 
-validate -> idempotency -> card and account status -> funds check and atomic
-hold (or, for an incremental authorization, the raise of an existing hold) ->
-ledger entry and decision event.
+validate -> idempotency -> card and account status -> risk score (the issuer's
+tree model) -> issuer policy (CEL rules) -> funds check and atomic hold (or, for
+an incremental authorization, the raise of an existing hold) -> ledger entry
+and decision event.
 
 Two Redis round trips in the steady state: one pipelined read of everything
 the decision needs (card, account, stored answer, request_id claim), then one
 atomic commit (a Redis Function on the account's partition) that re-checks the
 account and funds, places the hold, stores the answer and appends the event.
-Hot lists, features, the risk model, issuer and merchant policies and loyalty
-slot in between the read and the commit; the commit already carries a
-pre-built response and event so they add fields, not round trips.
+Hot lists, features, merchant collaboration and loyalty slot in between the
+read and the commit too; the commit already carries a pre-built response and
+event, so they add fields, not round trips.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from payauth.server import keys
 from payauth.server.card_routes import CardRoute, CardRoutes
 from payauth.server.clock import Clock, system_clock
 from payauth.server.config import Settings
+from payauth.server.decision_context import DecisionContextFiller
+from payauth.server.decision_core import CoreRegistry
 from payauth.server.errors import AbortedError, AlreadyExistsError, unimplemented
 from payauth.server.pan import PanHasher
 from payauth.server.responses import (
@@ -30,6 +33,7 @@ from payauth.server.responses import (
     apply_outcome,
     decline,
     early_reversal_decline,
+    set_code,
 )
 from payauth.server.store import AuthorizationSnapshot, CommitResult, Store
 from payauth.server.validation import check_authorize
@@ -71,8 +75,11 @@ class AuthorizePipeline:
     """Decides authorization requests against the state in Redis."""
 
     def __init__(self, store: Store, pans: PanHasher, settings: Settings,
-                 clock: Clock = system_clock, routes: CardRoutes | None = None) -> None:
+                 registry: CoreRegistry, clock: Clock = system_clock,
+                 routes: CardRoutes | None = None) -> None:
         self._store = store
+        self._registry = registry
+        self._filler = DecisionContextFiller()
         self._pans = pans
         self._settings = settings
         self._clock = clock
@@ -149,8 +156,15 @@ class AuthorizePipeline:
             decline(response, common_pb2.RESPONSE_CODE_14_INVALID_CARD_NUMBER,
                     "account.unknown", "card's account does not exist")
         else:
-            # Account status, currency and funds are decided by the commit, atomically.
-            hold = True
+            # Risk: the model's score and the issuer's policy, in the core. Account status,
+            # currency and funds are then decided by the commit, atomically.
+            risk = self._registry.current.assess(self._filler, request, card, account)
+            response.risk_score = risk.score
+            response.reasons.extend(risk.reasons)
+            if risk.decision in (common_pb2.DECISION_DECLINE, common_pb2.DECISION_STEP_UP):
+                set_code(response, risk.decision, risk.response_code)  # nothing is held
+            else:
+                hold = True  # approved by the policy, or not decided: funds decide
 
         partition = keys.partition_of(route.account_id)
         mode = "final"

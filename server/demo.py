@@ -1,13 +1,17 @@
 """The demo data set `make run` loads through the API: one issuer's accounts and
-cards in currencies of 0, 2 and 3 decimals, and cards in every declining state.
-Upserts with fixed identifiers, so loading it again changes nothing but balances.
+cards in currencies of 0, 2 and 3 decimals, cards in every declining state, a
+policy of a few CEL rules and a LightGBM risk model trained on generated data
+at load time (never a downloaded artifact). Upserts with fixed identifiers, so
+loading it again changes nothing but balances.
 """
 
 from __future__ import annotations
 
+import time
+
 from payauth.clients import IssuerClient
 from payauth.server.money import format_minor
-from payauth.v1 import common_pb2, issuer_pb2
+from payauth.v1 import common_pb2, issuer_pb2, policy_pb2
 
 DEBIT, CREDIT = common_pb2.ACCOUNT_KIND_DEBIT, common_pb2.ACCOUNT_KIND_CREDIT
 ACTIVE_ACCOUNT = common_pb2.ACCOUNT_STATUS_ACTIVE
@@ -36,6 +40,66 @@ CARDS = (
 )
 
 
+P = policy_pb2
+MODEL_FEATURES = ["txn.amount_minor", "txn.channel", "txn.three_ds", "account.available_minor"]
+
+
+def demo_policy(version: int) -> policy_pb2.PolicyUpdate:
+    """The demo issuer's policy: fraud rules, a step-up, a shadow rule and a score limit."""
+    def rule(rule_id: str, condition: str, action: int, reason: str,
+             **fields: object) -> policy_pb2.PolicyRule:
+        fields.setdefault("mode", P.POLICY_RULE_MODE_ACTIVE)
+        return P.PolicyRule(id=rule_id, condition=condition, action=action, reason=reason,
+                            **fields)
+
+    return P.PolicyUpdate(
+        update_id=f"demo-{version}", policy_id="demo-issuer", version=version,
+        evaluation=P.EVALUATION_SEMANTICS_FIRST_MATCH,
+        decline_score_threshold=0.95,
+        score_decline_response_code=common_pb2.RESPONSE_CODE_59_SUSPECTED_FRAUD,
+        rules=[
+            rule("ecom-large-unauthenticated",
+                 'txn.channel == "ECOM" && txn.three_ds != "AUTHENTICATED" '
+                 "&& txn.amount_minor > 200000",
+                 P.POLICY_RULE_ACTION_DECLINE, "large online purchase without 3-D Secure",
+                 response_code=common_pb2.RESPONSE_CODE_59_SUSPECTED_FRAUD, priority=10),
+            rule("atm-cash-cap", 'txn.channel == "ATM" && txn.amount_minor > 100000',
+                 P.POLICY_RULE_ACTION_DECLINE, "cash withdrawal above the daily cap",
+                 response_code=common_pb2.RESPONSE_CODE_61_EXCEEDS_AMOUNT_LIMIT, priority=20),
+            rule("sca-above-500", 'txn.three_ds == "NOT_ATTEMPTED" && txn.amount_minor > 50000',
+                 P.POLICY_RULE_ACTION_STEP_UP, "strong customer authentication above 500.00",
+                 response_code=common_pb2.RESPONSE_CODE_1A_ADDITIONAL_AUTHENTICATION_REQUIRED,
+                 priority=30),
+            rule("watch-gambling", 'txn.mcc == "7995"', P.POLICY_RULE_ACTION_TAG,
+                 "gambling merchant", tag="gambling", priority=40,
+                 mode=P.POLICY_RULE_MODE_SHADOW),
+        ])
+
+
+def train_demo_model() -> bytes:
+    """A small LightGBM model trained on generated purchases, as a text dump."""
+    import lightgbm as lgb
+    import numpy as np
+
+    rng = np.random.default_rng(2026)
+    n = 5_000
+    amount = rng.lognormal(8.5, 1.2, n).round()
+    channel = rng.choice([common_pb2.CHANNEL_POS, common_pb2.CHANNEL_ECOM,
+                          common_pb2.CHANNEL_CONTACTLESS], n)
+    three_ds = rng.choice([common_pb2.THREE_DS_RESULT_NOT_ATTEMPTED,
+                           common_pb2.THREE_DS_RESULT_AUTHENTICATED], n)
+    available = rng.integers(0, 2_000_000, n).astype(float)
+    risk = (0.02 + 0.3 * (channel == common_pb2.CHANNEL_ECOM)
+            * (three_ds != common_pb2.THREE_DS_RESULT_AUTHENTICATED)
+            * (amount > 50_000) + 0.2 * (amount > available))
+    fraud = rng.random(n) < risk
+    data = np.column_stack([amount, channel, three_ds, available])
+    booster = lgb.train({"objective": "binary", "num_leaves": 15, "verbose": -1},
+                        lgb.Dataset(data, fraud.astype(int), feature_name=MODEL_FEATURES),
+                        num_boost_round=40)
+    return booster.model_to_string().encode()
+
+
 def load_demo(target: str) -> str:
     """Load the demo data through the issuer API at `target`; return how to call it."""
     with IssuerClient(target, timeout=10) as issuer:
@@ -54,6 +118,16 @@ def load_demo(target: str) -> str:
                 card_token=token, pan=pan, account_id=account_id, status=status,
                 expiry_year=2030, expiry_month=12))
             lines.append(f"  {token:26} {account_id:22} {common_pb2.CardStatus.Name(status)[12:]}")
+        version = int(time.time())
+        model = issuer.load_model(model_id="demo-risk", version=version,
+                                  format=P.MODEL_FORMAT_LIGHTGBM_TEXT, model=train_demo_model(),
+                                  activate=True, timeout=60)
+        (ack,) = issuer.stream_policies(iter([demo_policy(version)]), timeout=60)
+        if not ack.accepted:
+            raise RuntimeError(f"the demo policy was refused: {ack}")
+        lines.append(f"Risk model demo-risk ({model.num_trees} trees, features "
+                     f"{', '.join(MODEL_FEATURES)}) and policy demo-issuer "
+                     f"({len(demo_policy(version).rules)} rules, see server/demo.py) active.")
     lines += [
         "",
         "Authorize 25.00 USD on demo-card-usd (buf comes with `npm ci`; grpcurl takes the "

@@ -94,6 +94,21 @@ def request_claim(request_id: str) -> str:
     return f"req:{{p{partition_of(request_id)}}}:{request_id}"
 
 
+ACTIVE_POLICY = "{config}:policy"
+"""HASH: the active issuer policy (version, content hash, serialized PolicyUpdate, time)."""
+
+ACTIVE_MODEL = "{config}:model"
+"""HASH: the active scoring model (version, sha256, serialized LoadModelRequest, time)."""
+
+CONFIG_CHANNEL = "payauth:config"
+"""Pub/sub channel on which a new active policy or model is announced to every worker."""
+
+
+def stored_model(model_id: str, version: int) -> str:
+    """STRING: a scoring model loaded without being made active (serialized LoadModelRequest)."""
+    return f"{{config}}:model:{model_id}:{version}"
+
+
 def partition_from_authorization_id(authorization_id: str) -> int:
     """The partition encoded in an authorization id (`A<partition>-<random>`)."""
     head, _, _ = authorization_id.partition("-")

@@ -17,6 +17,7 @@ from payauth.server.authorize_stream import authorize_stream
 from payauth.server.errors import translate_errors, unimplemented
 from payauth.server.lifecycle import Lifecycle
 from payauth.server.metrics import count_decision
+from payauth.server.policies import IssuerPolicies
 from payauth.v1 import (
     authorizer_pb2,
     authorizer_pb2_grpc,
@@ -24,6 +25,7 @@ from payauth.v1 import (
     issuer_pb2_grpc,
     lifecycle_pb2,
     loyalty_pb2_grpc,
+    policy_pb2,
 )
 
 LOYALTY = "The loyalty points engine"
@@ -87,8 +89,9 @@ class Authorizer(authorizer_pb2_grpc.AuthorizerServicer):
 class IssuerControl(issuer_pb2_grpc.IssuerControlServicer):
     """payauth.v1.IssuerControl: the issuer's calls."""
 
-    def __init__(self, accounts: Accounts) -> None:
+    def __init__(self, accounts: Accounts, policies: IssuerPolicies) -> None:
         self._accounts = accounts
+        self._policies = policies
 
     @translate_errors
     async def UpsertAccount(  # noqa: N802
@@ -114,8 +117,12 @@ class IssuerControl(issuer_pb2_grpc.IssuerControlServicer):
     ) -> issuer_pb2.SetCardStatusResponse:
         return await self._accounts.set_card_status(request)
 
-    async def StreamPolicies(self, request_iterator, context):  # noqa: N802, ANN001
-        await _refuse(context, "StreamPolicies (issuer policies in the CEL decision core)")
+    async def StreamPolicies(  # noqa: N802
+        self, request_iterator: AsyncIterator[policy_pb2.PolicyUpdate],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[policy_pb2.PolicyAck]:
+        async for update in request_iterator:
+            yield await self._policies.apply(update)
 
     async def UpdateLists(self, request, context):  # noqa: N802, ANN001
         await _refuse(context, "UpdateLists (hot lists and block lists)")
@@ -123,8 +130,11 @@ class IssuerControl(issuer_pb2_grpc.IssuerControlServicer):
     async def SetFxRates(self, request, context):  # noqa: N802, ANN001
         await _refuse(context, "SetFxRates (currency conversion)")
 
-    async def LoadModel(self, request, context):  # noqa: N802, ANN001
-        await _refuse(context, "LoadModel (scoring models in the decision core)")
+    @translate_errors
+    async def LoadModel(  # noqa: N802
+        self, request: policy_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> policy_pb2.LoadModelResponse:
+        return await self._policies.load_model(request)
 
     async def Backtest(self, request, context):  # noqa: N802, ANN001
         await _refuse(context, "Backtest (policy backtests over recorded decisions)")

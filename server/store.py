@@ -262,6 +262,7 @@ class Store:
     def __init__(self, client: aioredis.Redis | aioredis.RedisCluster, cluster: bool) -> None:
         self.client = client
         self.cluster = cluster
+        self.url = ""
 
     @classmethod
     def connect(cls, url: str, cluster: bool, timeout_s: float) -> Store:
@@ -274,7 +275,14 @@ class Store:
             client = aioredis.from_url(
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
             )
-        return cls(client, cluster)
+        store = cls(client, cluster)
+        store.url = url
+        return store
+
+    def notification_client(self) -> aioredis.Redis:
+        """A client of its own for pub/sub (on a cluster, to the seed node: a PUBLISH
+        reaches every node)."""
+        return aioredis.from_url(self.url)
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -586,6 +594,29 @@ class Store:
         p = keys.partition_from_authorization_id(authorization_id)
         fields = await self.client.hgetall(keys.hold(p, authorization_id))
         return {k.decode(): v.decode() for k, v in fields.items()} or None
+
+    # -- Policies and models ------------------------------------------------
+
+    async def put_config(self, key: str, what: str, version: int, content_hash: str,
+                         payload: bytes, now_ms: int) -> tuple[str, int]:
+        """Make a policy or model active if its version is newer; ('stored', previous),
+        ('replayed', version) or ('stale', active version)."""
+        reply = await self._fcall("payauth_config_put", [key],
+                                  [version, content_hash, payload, now_ms,
+                                   keys.CONFIG_CHANNEL, what])
+        return reply[0].decode(), int(reply[1])
+
+    async def active_config(self) -> tuple[bytes | None, bytes | None]:
+        """The serialized active PolicyUpdate and LoadModelRequest (None where none)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(keys.ACTIVE_POLICY, "payload")
+        pipe.hget(keys.ACTIVE_MODEL, "payload")
+        policy, model = await pipe.execute()
+        return policy, model
+
+    async def put_stored_model(self, model_id: str, version: int, payload: bytes) -> None:
+        """Keep a model loaded without activating it."""
+        await self.client.set(keys.stored_model(model_id, version), payload)
 
     # -- Reconciliation and settlement -------------------------------------
 

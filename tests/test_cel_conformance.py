@@ -48,12 +48,18 @@ def compile_conformance_protos(out: Path) -> None:
     args = ["protoc", f"-I{root}", f"-I{files('grpc_tools') / '_proto'}",
             f"--python_out={out}", *sources]
     assert protoc.main(args) == 0, "protoc failed on the cel-spec protos"
+    # Regular packages, so that another distribution's top-level `cel` module (a CEL
+    # runtime installed for the benchmarks, say) cannot shadow the generated one.
+    for folder in [out / "cel", *(p for p in (out / "cel").rglob("*") if p.is_dir())]:
+        (folder / "__init__.py").touch()
+    for name in [m for m in sys.modules if m == "cel" or m.startswith("cel.")]:
+        del sys.modules[name]
 
 
 @pytest.fixture(scope="session")
 def conformance_modules():
     if not (CEL_SPEC / "testdata").is_dir():
-        pytest.skip(f"no CEL conformance data at {CEL_SPEC}")
+        pytest.fail(f"no CEL conformance data at {CEL_SPEC}: CI lays shared/ beside the repository")
     with tempfile.TemporaryDirectory(prefix="cel-spec-") as tmp:
         compile_conformance_protos(Path(tmp))
         sys.path.insert(0, tmp)

@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from payauth.clients import AcquirerClient
 from payauth.server.demo import CARDS, load_demo
+from payauth.v1 import common_pb2
 from tests.conftest import authorize_request
 from tests.servers import PayauthProcess
+
+
+@pytest.fixture(scope="module")
+def payauth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PayauthProcess]:
+    """A server of its own (embedded Redis): the demo policy must not reach other tests."""
+    server = PayauthProcess(tmp_path_factory.mktemp("demo"), workers=2).start()
+    yield server
+    assert server.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def demo(payauth: PayauthProcess) -> str:
+    """The demo loaded once; what load_demo printed."""
+    return load_demo(payauth.target)
+
+
+@pytest.fixture
+def acquirer(payauth: PayauthProcess) -> Iterator[AcquirerClient]:
+    with AcquirerClient(payauth.target, timeout=10) as client:
+        yield client
 
 EXPECTED = {
     "demo-card-usd": "00", "demo-card-brl": "00", "demo-card-jpy": "00", "demo-card-bhd": "00",
@@ -17,16 +40,25 @@ EXPECTED = {
 CURRENCY = {"demo-card-brl": "BRL", "demo-card-jpy": "JPY", "demo-card-bhd": "BHD"}
 
 
-def test_demo_loads_twice_and_says_how_to_call(payauth: PayauthProcess) -> None:
-    first = load_demo(payauth.target)
-    assert load_demo(payauth.target) == first
-    assert "payauth.v1.Authorizer/Authorize" in first
-    assert "4111111111111111" not in first
+def test_demo_loads_twice_and_says_how_to_call(payauth: PayauthProcess, demo: str) -> None:
+    assert load_demo(payauth.target) == demo
+    assert "payauth.v1.Authorizer/Authorize" in demo
+    assert "4111111111111111" not in demo
+
+
+def test_demo_policy_and_model_decide(demo: str, acquirer: AcquirerClient) -> None:
+    step_up = acquirer.authorize(authorize_request(card_token="demo-card-usd",
+                                                   amount_minor=60_000))
+    assert (step_up.iso_response_code, step_up.reasons[0].rule_id) == ("1A", "sca-above-500")
+    atm = acquirer.authorize(authorize_request(card_token="demo-card-usd", amount_minor=150_000,
+                                               channel=common_pb2.CHANNEL_ATM))
+    assert atm.iso_response_code == "61"
+    small = acquirer.authorize(authorize_request(card_token="demo-card-usd", amount_minor=100))
+    assert small.iso_response_code == "00" and 0 < small.risk_score < 0.5
 
 
 @pytest.mark.parametrize("token", [c[0] for c in CARDS])
-def test_demo_cards(payauth: PayauthProcess, acquirer: AcquirerClient, token: str) -> None:
-    load_demo(payauth.target)
+def test_demo_cards(demo: str, acquirer: AcquirerClient, token: str) -> None:
     response = acquirer.authorize(authorize_request(
         card_token=token, amount_minor=100, currency=CURRENCY.get(token, "USD")))
     assert response.iso_response_code == EXPECTED[token]

@@ -622,6 +622,30 @@ local function upsert_account(keys, args)
   return {verb, acct[1], acct[2], acct[3], acct[4], acct[5], acct[6], acct[7]}
 end
 
+--[[
+config_put: make a policy or scoring model the active one, if its version is
+newer, and tell every worker (PUBLISH) so each swaps it in.
+
+KEYS: 1 the configuration hash ('{config}:policy' or '{config}:model')
+ARGV: 1 version, 2 content hash, 3 payload (serialized request), 4 now (ms),
+      5 notification channel, 6 what changed ('policy' or 'model')
+Returns {'stored', previous version}, {'replayed', version} (the same content
+again) or {'stale', active version}.
+--]]
+local function config_put(keys, args)
+  local cur = redis.call('HMGET', keys[1], 'version', 'hash')
+  local version = tonumber(args[1])
+  if cur[1] then
+    if version == tonumber(cur[1]) and cur[2] == args[2] then return {'replayed', cur[1]} end
+    if version <= tonumber(cur[1]) then return {'stale', cur[1]} end
+  end
+  redis.call('HSET', keys[1], 'version', args[1], 'hash', args[2], 'payload', args[3],
+             'at_ms', args[4])
+  redis.call('PUBLISH', args[5], args[6])
+  return {'stored', cur[1] or '0'}
+end
+
+redis.register_function('payauth_config_put', config_put)
 redis.register_function('payauth_claim_request', claim_request)
 redis.register_function('payauth_authorize_commit', authorize_commit)
 redis.register_function('payauth_record_unrouted', record_unrouted)

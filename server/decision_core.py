@@ -1,0 +1,140 @@
+"""The issuer's policy and scoring model as this worker runs them, and how they are
+swapped when the issuer loads new ones.
+
+The active policy and model live in Redis (`keys.ACTIVE_POLICY`, `keys.ACTIVE_MODEL`);
+each worker compiles them once into a `DecisionCore` and replaces its reference
+whole when they change, so a request sees either the old pair or the new one,
+never a mix. Changes are announced on a pub/sub channel; a worker reloads on
+every announcement and whenever its subscription (re)starts, so an
+announcement missed during a reconnect costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from payauth.core import CompiledPolicy, TreeEnsemble, compile_policy
+from payauth.core.models import load_lightgbm_json, load_lightgbm_text, load_xgboost_json
+from payauth.server import keys
+from payauth.server.decision_context import MODEL_LAYOUT, DecisionContextFiller
+from payauth.server.store import AccountRecord, CardRecord, Store
+from payauth.v1 import authorizer_pb2, policy_pb2
+
+log = logging.getLogger(__name__)
+
+LOADERS = {
+    policy_pb2.MODEL_FORMAT_LIGHTGBM_TEXT: load_lightgbm_text,
+    policy_pb2.MODEL_FORMAT_LIGHTGBM_JSON: load_lightgbm_json,
+    policy_pb2.MODEL_FORMAT_XGBOOST_JSON: load_xgboost_json,
+}
+
+
+def build_model(request: policy_pb2.LoadModelRequest) -> TreeEnsemble:
+    """Parse a model dump and bind its named features to the decision context; raise
+    ValueError saying what is wrong."""
+    loader = LOADERS.get(request.format)
+    if loader is None:
+        raise ValueError("format must be LIGHTGBM_TEXT, LIGHTGBM_JSON or XGBOOST_JSON")
+    model = loader(request.model)
+    if request.feature_names and tuple(request.feature_names) != model.feature_names:
+        raise ValueError(f"feature_names {list(request.feature_names)} differ from the "
+                         f"model's own {list(model.feature_names)}")
+    unknown = [name for name in model.feature_names if name not in MODEL_LAYOUT]
+    if unknown:
+        raise ValueError(f"features {unknown} are not decision-context fields; a model may "
+                         f"read {sorted(MODEL_LAYOUT)}")
+    return model.bind(MODEL_LAYOUT)
+
+
+@dataclass(frozen=True)
+class RiskOutcome:
+    """What the model and the policy said about one authorization."""
+
+    score: float
+    decision: int  # payauth.v1.Decision; DECISION_UNSPECIFIED when nothing decided
+    response_code: int
+    reasons: tuple[authorizer_pb2.Reason, ...]
+
+
+NO_RISK = RiskOutcome(0.0, 0, 0, ())
+
+
+@dataclass(frozen=True)
+class DecisionCore:
+    """One consistent pair of policy and model (either may be absent)."""
+
+    policy: CompiledPolicy | None = None
+    model: TreeEnsemble | None = None
+    model_version: int = 0
+
+    def assess(self, filler: DecisionContextFiller, request: authorizer_pb2.AuthorizeRequest,
+               card: CardRecord, account: AccountRecord) -> RiskOutcome:
+        """Score the authorization and run the policy over it, in the core, synchronously."""
+        if self.policy is None and self.model is None:
+            return NO_RISK
+        filler.fill(request, card, account)
+        score = self.model.probability_of(filler.features) if self.model is not None else 0.0
+        if self.policy is None:
+            return RiskOutcome(score, 0, 0, ())
+        filler.set_score(score)
+        result = self.policy.evaluate(filler.context)
+        reasons = []
+        if result.rule is not None:
+            reasons.append(authorizer_pb2.Reason(rule_id=result.rule.id, text=result.reason))
+        elif result.threshold is not None:
+            reasons.append(authorizer_pb2.Reason(rule_id=f"policy.{result.threshold}",
+                                                 text=result.reason))
+        reasons.extend(authorizer_pb2.Reason(rule_id=r.id, text=r.reason)
+                       for r in result.matched if r is not result.rule)
+        reasons.extend(authorizer_pb2.Reason(rule_id=r.id, text=r.reason, shadow=True)
+                       for r in result.shadow_matched)
+        for rule in result.errored:
+            log.debug("rule %s of policy %s v%d evaluated to an error", rule.id,
+                      self.policy.policy_id, self.policy.version)
+        return RiskOutcome(result.score, result.decision, result.response_code, tuple(reasons))
+
+
+class CoreRegistry:
+    """This worker's current DecisionCore, kept in step with Redis."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.current = DecisionCore()
+
+    async def reload(self) -> None:
+        """Compile the active policy and model from Redis and swap them in together."""
+        policy_bytes, model_bytes = await self._store.active_config()
+        policy = model = None
+        model_version = 0
+        if policy_bytes is not None:
+            update = policy_pb2.PolicyUpdate.FromString(policy_bytes)
+            policy = await asyncio.to_thread(compile_policy, update)
+        if model_bytes is not None:
+            request = policy_pb2.LoadModelRequest.FromString(model_bytes)
+            model = await asyncio.to_thread(build_model, request)
+            model_version = request.version
+        self.current = DecisionCore(policy, model, model_version)
+        log.info("decision core: policy %s, model %s",
+                 f"{policy.policy_id} v{policy.version}" if policy else "none",
+                 f"v{model_version}" if model is not None else "none")
+
+    async def watch(self, stopping: asyncio.Event) -> None:
+        """Reload on every announcement until `stopping` is set; reconnect on failure."""
+        while not stopping.is_set():
+            client = self._store.notification_client()
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(keys.CONFIG_CHANNEL)
+                await self.reload()
+                while not stopping.is_set():
+                    message = await pubsub.get_message(timeout=0.5)
+                    if message is not None:
+                        await self.reload()
+            except Exception:  # noqa: BLE001 - keep serving with the last good core
+                log.exception("policy/model watch failed; reconnecting")
+                await asyncio.sleep(1.0)
+            finally:
+                await pubsub.aclose()
+                await client.aclose()
