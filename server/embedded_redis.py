@@ -9,7 +9,6 @@ too (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -19,13 +18,9 @@ from pathlib import Path
 
 import redis
 
-_PR_SET_PDEATHSIG = 1
+from payauth.server.lifelines import die_with_parent
+
 _MAX_UNIX_SOCKET_PATH = 107
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedRedis:
@@ -70,7 +65,7 @@ class EmbeddedRedis:
             "",
         ]))
         self._process = subprocess.Popen(
-            [executable, str(config)], preexec_fn=_die_with_parent,
+            [executable, str(config)], preexec_fn=die_with_parent,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout_s

@@ -31,6 +31,7 @@ from payauth.server import metrics
 from payauth.server.app import run_worker
 from payauth.server.config import Settings
 from payauth.server.embedded_redis import EmbeddedRedis
+from payauth.server.lifelines import die_with_parent
 from payauth.server.pan import PanHasher, load_or_create_key
 from payauth.server.store import Store
 
@@ -104,7 +105,8 @@ async def _prepare_store(redis_url: str, settings: Settings, pans: PanHasher) ->
 
 
 def _worker_entry(settings: Settings, redis_url: str, port: int, ready: multiprocessing.Queue,
-                  index: int) -> None:
+                  index: int, supervisor_pid: int) -> None:
+    die_with_parent(supervisor_pid)
     logging.basicConfig(level=settings.log_level,
                         format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
     run_worker(settings, redis_url, port, index, lambda: ready.put(index))
@@ -178,7 +180,7 @@ class Supervisor:
         for index in range(self.settings.workers):
             process = ctx.Process(
                 target=_worker_entry, name=f"payauth-worker-{index}",
-                args=(self.settings, redis_url, self.port, ready, index),
+                args=(self.settings, redis_url, self.port, ready, index, os.getpid()),
             )
             process.start()
             self.workers.append(process)

@@ -522,3 +522,27 @@ def test_reversal_in_another_currency_is_refused(issuer, acquirer, clock) -> Non
         acquirer.reverse(request_id=unique("rev"), authorization_id=auth, amount_minor=100,
                          currency="EUR")
     assert account_state(issuer, account)[1] == 10_000
+
+
+def test_a_sweeper_killed_mid_sweep_leaves_nothing_half_done(lifecycle_redis, server, issuer,
+                                                            acquirer, clock, rclient,
+                                                            tmp_path) -> None:
+    import signal
+    import subprocess
+
+    other = PayauthProcess(tmp_path / "other", redis_url=lifecycle_redis.url, workers=1,
+                           extra=("--clock-file", str(clock.path), "--sweep-interval", "0.01",
+                                  "--pan-key-file", str(server.data_dir / "pan.key")),
+                           ).start()
+    account = open_account(issuer, 10**9)
+    card = issue_card(issuer, account)
+    auths = {approve(acquirer, clock, card, 100) for _ in range(150)}
+    clock.advance(7 * DAY + 1)
+    time.sleep(0.05)
+    # The whole node dies at once, mid-sweep: its worker first, then its supervisor.
+    subprocess.run(["pkill", "-KILL", "-P", str(other.process.pid)], check=False)
+    other.stop(signal.SIGKILL)
+    wait_until(lambda: account_state(issuer, account)[1] == 0, 20, "the surviving sweepers")
+    entries = rclient.xrange(keys.ledger(keys.partition_of(account), account))
+    expiries = Counter(f[b"auth_id"].decode() for _, f in entries if f[b"kind"] == b"expiry")
+    assert set(expiries) == auths and set(expiries.values()) == {1}

@@ -138,3 +138,23 @@ def test_sigterm_drains_in_flight_calls_and_exits_0(tmp_path: Path) -> None:
         assert got.hold_count == approved == statuses.count(grpc.StatusCode.OK)
     finally:
         assert server.stop() == 0
+
+
+def test_a_killed_server_leaves_no_orphans(tmp_path: Path) -> None:
+    import os
+    import signal
+    import socket
+
+    server = PayauthProcess(tmp_path / "var", workers=2).start()
+    redis_pid = int((tmp_path / "var" / "redis" / "redis.pid").read_text())
+    server.stop(signal.SIGKILL)
+
+    def port_closed() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", server.port)) != 0
+
+    wait_until(port_closed, 20, "the workers to exit with their supervisor")
+    wait_until(lambda: not os.path.exists(f"/proc/{redis_pid}"), 20,
+               "the embedded redis-server to exit with its supervisor")
+    server.start()  # the data folder is free again, and nothing was lost on the way
+    assert server.stop() == 0
