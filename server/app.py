@@ -50,6 +50,8 @@ SERVICE_NAMES = (
 # reconnect and SO_REUSEPORT spreads them over the workers again.
 SERVER_OPTIONS = (
     ("grpc.so_reuseport", 1),
+    # Scoring model dumps are uploaded whole (LoadModel), up to policies.MAX_MODEL_BYTES.
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_connection_age_ms", 5 * 60 * 1000),
     ("grpc.max_connection_age_grace_ms", 30 * 1000),
 )

@@ -75,7 +75,10 @@ class DecisionCore:
         if self.policy is None and self.model is None:
             return NO_RISK
         filler.fill(request, card, account)
-        score = self.model.probability_of(filler.features) if self.model is not None else 0.0
+        score = 0.0
+        if self.model is not None:
+            # A regression or raw-margin model may leave 0..1; the score never does.
+            score = min(max(self.model.probability_of(filler.features), 0.0), 1.0)
         if self.policy is None:
             return RiskOutcome(score, 0, 0, ())
         filler.set_score(score)
@@ -101,10 +104,18 @@ class CoreRegistry:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._reloading = asyncio.Lock()
         self.current = DecisionCore()
 
     async def reload(self) -> None:
-        """Compile the active policy and model from Redis and swap them in together."""
+        """Compile the active policy and model from Redis and swap them in together.
+
+        Reloads run one at a time, each reading Redis when its turn comes, so the last
+        one to finish installed the newest pair."""
+        async with self._reloading:
+            await self._reload()
+
+    async def _reload(self) -> None:
         policy_bytes, model_bytes = await self._store.active_config()
         policy = model = None
         model_version = 0

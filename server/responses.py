@@ -93,7 +93,11 @@ def apply_outcome(response: authorizer_pb2.AuthorizeResponse, outcome: str, appr
     else:
         decision, code, rule_id, text = _OUTCOMES[outcome]  # type: ignore[misc]
         set_code(response, decision, code)
+        # The commit's outcome decided, so its reason goes first (most decisive first).
+        earlier = list(response.reasons)
+        del response.reasons[:]
         response.reasons.add(rule_id=rule_id, text=text)
+        response.reasons.extend(earlier)
     response.approved_amount_minor = approved
     if approved:
         response.authorization_id = authorization_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+from redis.exceptions import RedisError
 
 from payauth.server.accounts import Accounts
 from payauth.server.authorize import AuthorizePipeline
@@ -121,8 +122,13 @@ class IssuerControl(issuer_pb2_grpc.IssuerControlServicer):
         self, request_iterator: AsyncIterator[policy_pb2.PolicyUpdate],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[policy_pb2.PolicyAck]:
-        async for update in request_iterator:
-            yield await self._policies.apply(update)
+        try:
+            async for update in request_iterator:
+                yield await self._policies.apply(update)
+        except RedisError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"the state store did not take the policy ({exc}); send the "
+                                "update again")
 
     async def UpdateLists(self, request, context):  # noqa: N802, ANN001
         await _refuse(context, "UpdateLists (hot lists and block lists)")

@@ -158,9 +158,13 @@ class Supervisor:
             log.info("data folder %s; holds live %d s; request ids are remembered %d s",
                      s.data_dir, s.hold_ttl_s, s.idempotency_ttl_s)
             if s.demo:
+                from payauth.clients import PayauthError
                 from payauth.server.demo import load_demo
 
-                print(load_demo(f"{s.host}:{self.port}"), flush=True)
+                try:
+                    print(load_demo(f"{s.host}:{self.port}"), flush=True)
+                except (PayauthError, ImportError) as exc:
+                    raise RuntimeError(f"the demo data could not be loaded: {exc}") from exc
             return self._supervise()
         except (RuntimeError, ValueError, OSError, RedisError) as exc:
             log.error("start-up failed: %s", exc)
