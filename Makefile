@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml setup.py $(wildcard protos/payauth/v1/*.proto) $(wildcard core_ext/*.pyx)
 
-.PHONY: run test lint compile debug clean system-deps
+.PHONY: run test lint bench bench-core compile debug clean system-deps
 
 $(STAMP): $(SOURCES) | system-deps
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,24 @@ test: $(STAMP) node_modules/.installed
 lint: $(STAMP) node_modules/.installed
 	$(VENV)/bin/ruff check .
 	npx buf lint
+
+## bench: the end-to-end benchmark (payauth vs an empty handler, open loop); results in
+## benchmarks/results/ (BENCH_ARGS=--quick for a one-minute smoke run)
+bench: $(VENV)/.bench-installed
+	$(PY) -m benchmarks.e2e $(BENCH_ARGS)
+
+# The bench extras (hdrhistogram, matplotlib), once; the test extras carry the build
+# requirements, so no build isolation is needed.
+$(VENV)/.bench-installed: $(STAMP)
+	$(PY) -m pip install -q --no-build-isolation -e '.[bench]'
+	touch $@
+
+## bench-core: the decision core (50 rules + 200 trees) against LightGBM, XGBoost, lleaves,
+## tl2cgen, onnxruntime, zen-engine and the CEL runtimes; results in benchmarks/results/core.*
+## (BENCH_CORE_ARGS=--quick for a smoke run)
+bench-core: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench-core]'
+	$(PY) -m benchmarks.core $(BENCH_CORE_ARGS)
 
 ## compile: rebuild protos and the Cython core in place
 compile: $(STAMP)

@@ -93,6 +93,30 @@ class UnimplementedError(PayauthError):
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
+class _EverySecond:
+    """A logger that writes at most one line a second and counts what it left out: an
+    outage fails every request, and one line per request would bury the log."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._next = 0.0
+        self._skipped = 0
+
+    def error(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._skipped += 1
+            return
+        if self._skipped:
+            message += f" (and {self._skipped} more like it in the last second)"
+            self._skipped = 0
+        self._next = now + 1.0
+        self._logger.error(message, *args)
+
+
+_unavailable_log = _EverySecond(log)
+
+
 def translate_errors(method: Handler) -> Handler:
     """Turn PayauthError and Redis unavailability into gRPC statuses for a unary handler,
     and count the call and its latency."""
@@ -111,7 +135,7 @@ def translate_errors(method: Handler) -> Handler:
             await context.abort_with_status(exc.to_status())
         except (RedisConnectionError, RedisTimeoutError) as exc:
             code = "UNAVAILABLE"
-            log.error("state store unavailable in %s: %s", name, exc)
+            _unavailable_log.error("state store unavailable in %s: %s", name, exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 "the state store did not answer in time; retry the request")
         except RedisError as exc:

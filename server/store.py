@@ -25,6 +25,7 @@ from payauth.v1 import common_pb2
 log = logging.getLogger(__name__)
 
 LIBRARY_NAME = "payauth"
+MAX_CONNECTIONS = 1024
 READ_LATENCY = REDIS_LATENCY.labels("authorize_read")
 COMMIT_LATENCY = REDIS_LATENCY.labels("authorize_commit")
 LIBRARY_CODE = (files("payauth.server.functions") / "payauth.lua").read_text()
@@ -267,13 +268,17 @@ class Store:
     @classmethod
     def connect(cls, url: str, cluster: bool, timeout_s: float) -> Store:
         """Open a connection pool to the Redis at `url` (redis://, rediss:// or unix://)."""
+        # One connection per request in flight (until requests share pipelines): the pool
+        # must hold AuthorizeStream's window and the unary calls beside it.
         if cluster:
             client = aioredis.RedisCluster.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                max_connections=MAX_CONNECTIONS,
             )
         else:
             client = aioredis.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                max_connections=MAX_CONNECTIONS,
             )
         store = cls(client, cluster)
         store.url = url

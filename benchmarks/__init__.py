@@ -1,0 +1,1 @@
+"""payauth's benchmarks: run from the repository root, never collected by pytest."""

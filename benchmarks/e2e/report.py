@@ -1,0 +1,109 @@
+"""What a run shows: the table printed as phases finish, the summary, and the PNG.
+
+The plot puts every mode on one set of axes (latency against offered load, log y), so the
+empty handler's curve is the floor the payauth curves are read against: the horizontal gap is
+throughput lost to payauth's work, the vertical gap latency added by it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("mode", "load", "offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms",
+           "max ms", "lag p99", "n", "failed", "cpu us/req srv+redis")
+WIDTHS = (10, 10, 9, 10, 8, 8, 9, 8, 7, 7, 6, 20)
+
+
+def _line(values: tuple[str, ...]) -> str:
+    return "  ".join(v.rjust(w) if i > 1 else v.ljust(w)
+                     for i, (v, w) in enumerate(zip(values, WIDTHS, strict=True)))
+
+
+def header() -> str:
+    """The table's heading."""
+    return _line(COLUMNS) + "\n" + "-" * (sum(WIDTHS) + 2 * (len(WIDTHS) - 1))
+
+
+def row(phase: Any) -> str:
+    """One phase as a table row (`phase` is run.Phase)."""
+    cpu = phase.cpu_us_per_request
+    server_cpu = cpu.get("empty", 0.0) if phase.mode.startswith("empty") else cpu.get(
+        "payauth", 0.0)
+    cpu_text = f"{server_cpu:.0f}" + (f"+{cpu.get('redis', 0.0):.0f}"
+                                      if not phase.mode.startswith("empty") else "")
+    offered = "closed" if phase.offered_rps is None else f"{phase.offered_rps:.0f}"
+    return _line((
+        phase.mode, phase.level, offered, f"{phase.achieved_rps:.0f}", f"{phase.p50:.2f}",
+        f"{phase.p99:.2f}", f"{phase.p999:.2f}", f"{phase.max:.1f}",
+        "-" if phase.send_lag_ms is None else f"{phase.send_lag_ms['p99']:.2f}",
+        str(phase.completed),
+        str(phase.incomplete + phase.errors), cpu_text,
+    ))
+
+
+def summary(doc: dict[str, Any]) -> str:
+    """The headline figures of a run, as printed after the table."""
+    sat = doc["saturation_rps"]
+    r = doc["redis"]
+    lines = [
+        "saturation (closed loop): " + ", ".join(f"{m} {v:.0f}/s" for m, v in sat.items()),
+        f"ratio authorize/empty: {doc['ratio_authorize_to_empty']}   "
+        f"ratio stream/authorize: {doc['ratio_stream_to_authorize']}",
+    ]
+    cpu = doc.get("cpu_us_per_request_at_saturation", {})
+    if cpu:
+        lines.append("server CPU per request at saturation (us): " + ", ".join(
+            f"{m} {c['server']:.0f}" + (f" (workers {c['workers']:.0f} + redis {c['redis']:.0f})"
+                                         if "workers" in c else "")
+            for m, c in cpu.items()) + f"; empty/authorize {doc['cpu_ratio_authorize_to_empty']}")
+    if "round_trips_per_authorize" in r:
+        lines.append(
+            f"Redis per authorization ({r['authorizations']} decisions): "
+            f"{r['round_trips_per_authorize']} round trips counted by payauth "
+            f"(read {r['read_pipelines_per_authorize']} + commit {r['commits_per_authorize']}), "
+            f"{r['redis_socket_reads_per_authorize']} socket reads seen by Redis, "
+            f"{r['commands_per_authorize']} commands (FCALL {r['fcalls_per_authorize']})")
+        means = ", ".join(f"{k} {v} ms" for k, v in r["server_mean_ms"].items() if v is not None)
+        lines.append(f"server-side means: {means}")
+        by_name = ", ".join(f"{k} {v}" for k, v in r["commands_by_name_per_authorize"].items())
+        lines.append(f"commands per authorization by name: {by_name}")
+    lines.append(f"run took {doc['config']['elapsed_seconds']:.0f} s (data load "
+                 f"{doc['config']['load_seconds']:.0f} s)")
+    lines.append("targets: " + ", ".join(f"{k}={'yes' if v else 'NO'}"
+                                         for k, v in doc["targets"].items()))
+    return "\n".join(lines)
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    """p50/p99/p99.9 against offered load, one colour per mode, log latency axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 6), dpi=110)
+    styles = {"p50": ("-", "o"), "p99": ("--", "s"), "p999": (":", "^")}
+    colours = {"empty": "tab:gray", "authorize": "tab:blue", "stream": "tab:orange",
+               "empty_stream": "tab:green"}
+    for mode, levels in doc["latency_ms"].items():
+        points = sorted(levels.values(), key=lambda e: e["offered_rps"])
+        xs = [p["offered_rps"] for p in points]
+        for key, (line, marker) in styles.items():
+            ax.plot(xs, [max(p[key], 0.001) for p in points], linestyle=line, marker=marker,
+                    color=colours.get(mode), label=f"{mode} {key.replace('p999', 'p99.9')}")
+        sat = doc["saturation_rps"].get(mode)
+        if sat:
+            ax.axvline(sat, color=colours.get(mode), alpha=0.25, linewidth=3)
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load (requests/s, open loop); shaded: closed-loop saturation")
+    ax.set_ylabel("latency from scheduled send (ms)")
+    m = doc["machine"]
+    ax.set_title(f"payauth end-to-end: {doc['config']['workers']} workers, {m['cores']} cores, "
+                 f"{m['date']}\nauthorize/empty {doc['ratio_authorize_to_empty']}, "
+                 f"stream/authorize {doc['ratio_stream_to_authorize']}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

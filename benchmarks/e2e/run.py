@@ -1,0 +1,715 @@
+"""The end-to-end benchmark: `python -m benchmarks.e2e` (or `benchmarks/e2e/run.py`, `make bench`).
+
+One run, everything side by side, because this machine is shared and noisy and only figures
+measured together compare: it starts `payauth serve` and the empty handler, loads the data set
+through the issuer API, starts the client processes, then
+
+1. measures each mode's saturation throughput (closed loop, many requests in flight);
+2. for each load level (25/50/75/90/100 % of that mode's saturation) runs each mode in turn
+   open loop, so slow drift of the machine hits all modes alike;
+3. counts Redis round trips and commands per authorization across the payauth phases;
+
+and prints the table, writes benchmarks/results/e2e.json and e2e.png. See README.md beside
+this file for the method and how to read the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import multiprocessing
+import os
+import platform
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import grpc  # noqa: E402
+import redis  # noqa: E402
+import uvloop  # noqa: E402
+
+from benchmarks.e2e import dataset, report  # noqa: E402
+from benchmarks.e2e.driver import (  # noqa: E402
+    ClientConfig,
+    PhaseResult,
+    client_main,
+    failed,
+    new_histogram,
+)
+from benchmarks.e2e.servers import (  # noqa: E402
+    REPO_ROOT,
+    Counters,
+    ServerProcess,
+    connections_by_worker,
+    cpu_seconds,
+    empty_server,
+    payauth_server,
+    snapshot,
+)
+
+# mode -> (server, streaming)
+MODES: dict[str, tuple[str, bool]] = {
+    "empty": ("empty", False),
+    "authorize": ("payauth", False),
+    "stream": ("payauth", True),
+    "empty_stream": ("empty", True),
+}
+DEFAULT_MODES = ("empty", "authorize", "stream")
+DEFAULT_LEVELS = (25, 50, 75, 90, 100)
+
+
+@dataclass
+class Phase:
+    """One measured phase, merged over the client processes."""
+
+    mode: str
+    level: str  # "saturation" or "25%", "50%", ...
+    offered_rps: float | None
+    achieved_rps: float
+    p50: float
+    p99: float
+    p999: float
+    max: float
+    completed: int
+    incomplete: int
+    errors: int
+    duration_s: float
+    outcomes: dict[str, int]
+    error_samples: dict[str, str]
+    send_lag_ms: dict[str, float] | None = None
+    cpu_us_per_request: dict[str, float] = field(default_factory=dict)
+    worker_cpu_share: list[float] = field(default_factory=list)  # of the mode's server
+    server_mean_ms: dict[str, float | None] = field(default_factory=dict)  # payauth's view
+
+    def latency_entry(self) -> dict[str, float | None]:
+        """The phase as the JSON's latency_ms entry."""
+        return {"offered_rps": _round(self.offered_rps), "achieved_rps": _round(self.achieved_rps),
+                "p50": self.p50, "p99": self.p99, "p999": self.p999, "max": self.max,
+                "failed": self.errors + self.incomplete, "send_lag_ms": self.send_lag_ms}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+@dataclass
+class RedisTally:
+    """Counter deltas summed over a set of phases."""
+
+    seconds: float = 0.0
+    prometheus: dict[str, float] = field(default_factory=dict)
+    commands: dict[str, int] = field(default_factory=dict)
+    total_commands: int = 0
+    total_reads: int = 0
+
+    def add(self, before: Counters, after: Counters) -> None:
+        """Add the change between two snapshots."""
+        self.seconds += after.at - before.at
+        for key, value in after.prometheus.items():
+            self.prometheus[key] = self.prometheus.get(key, 0) + value - before.prometheus.get(
+                key, 0)
+        for key, value in after.commands.items():
+            self.commands[key] = self.commands.get(key, 0) + value - before.commands.get(key, 0)
+        self.total_commands += after.total_commands - before.total_commands
+        self.total_reads += after.total_reads - before.total_reads
+
+    def merge(self, other: RedisTally) -> None:
+        """Add another tally's deltas to this one."""
+        self.seconds += other.seconds
+        self.total_commands += other.total_commands
+        self.total_reads += other.total_reads
+        for key, value in other.prometheus.items():
+            self.prometheus[key] = self.prometheus.get(key, 0) + value
+        for key, value in other.commands.items():
+            self.commands[key] = self.commands.get(key, 0) + value
+
+
+class Harness:
+    """Owns the servers, the client processes and the results of one run."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.run_id = secrets.token_hex(3)
+        self.folder = Path(tempfile.mkdtemp(prefix="payauth-e2e-"))
+        self.payauth: ServerProcess | None = None
+        self.metrics_port = 0
+        self.empty: ServerProcess | None = None
+        self.redis: redis.Redis | None = None
+        self.conns: list[Connection] = []
+        self.clients: list[multiprocessing.process.BaseProcess] = []
+        self.phases: list[Phase] = []
+        self.saturation: dict[str, float] = {}
+        self.tallies: dict[str, RedisTally] = {}
+        self.load_s = 0.0
+        self.cpu_groups: dict[str, list[int]] = {}
+        self.connection_split: dict[str, list[int]] = {}
+        self.data: dataset.DataSet | None = None
+
+    # -- set-up and tear-down -----------------------------------------------------------------
+
+    def start_servers(self) -> None:
+        """Start both servers at once and wait for both."""
+        a = self.args
+        needed = {m[0] for m in (MODES[x] for x in a.modes)} | {"payauth"}
+        self.payauth, self.metrics_port = payauth_server(
+            self.folder, a.workers, a.redis_url, a.pan_key_file, a.serve_arg)
+        self.payauth.spawn()
+        if "empty" in needed:
+            self.empty = empty_server(self.folder, a.workers)
+            self.empty.spawn()
+        self.payauth.wait_serving()
+        if self.empty:
+            self.empty.wait_serving()
+        url = a.redis_url or f"unix://{self.folder / 'payauth' / 'redis' / 'redis.sock'}"
+        self.redis = redis.Redis.from_url(url, socket_timeout=10)
+        tree = self.payauth.tree()
+        self.cpu_groups["payauth"] = [p for p, name in tree.items() if name != "redis-server"]
+        if self.empty:
+            self.cpu_groups["empty"] = list(self.empty.tree())
+
+    def load_data(self) -> None:
+        """Generate and load the data set through the issuer API."""
+        a = self.args
+        self.data = dataset.generate(a.accounts, a.cards, self.run_id, a.seed)
+        self.load_s = uvloop.run(dataset.load(self.payauth.target, self.data))
+
+    def start_clients(self) -> None:
+        """Spawn the client processes and wait until each is connected."""
+        a = self.args
+        targets = {"payauth": self.payauth.target}
+        if self.empty:
+            targets["empty"] = self.empty.target
+        ctx = multiprocessing.get_context("spawn")
+        for index in range(a.clients):
+            parent, child = ctx.Pipe()
+            config = ClientConfig(index=index, targets=targets, cards=self.data.cards,
+                                  run_id=self.run_id, seed=a.seed, channels=a.channels,
+                                  streams=a.streams)
+            process = ctx.Process(target=client_main, args=(child, config),
+                                  name=f"e2e-client-{index}", daemon=True)
+            process.start()
+            self.conns.append(parent)
+            self.clients.append(process)
+        for conn in self.conns:
+            if not conn.poll(120) or conn.recv() != "ready":
+                raise RuntimeError("a client process did not connect")
+
+    def _servers(self) -> dict[str, ServerProcess]:
+        return {name: server for name, server in (("payauth", self.payauth),
+                                                  ("empty", self.empty)) if server}
+
+    def spread(self, name: str) -> dict[int, set[int]]:
+        """Worker pid -> client ports of the connections it serves, for one server."""
+        server = self._servers()[name]
+        return connections_by_worker(list(server.tree()), server.port)
+
+    def balance(self, name: str, attempts: int = 40) -> list[int]:
+        """Even out the client connections over the server's workers; return the split.
+
+        SO_REUSEPORT hashes each new connection to a worker, so 8 connections over 2 workers
+        come out 4/4 only about a quarter of the time, and a 6/2 split caps the server at
+        two thirds of its capacity, differently for each server of the run. So: reconnect
+        each channel once to learn which worker it lands on, then keep reconnecting channels of
+        the busiest worker until no worker has more than one connection above another.
+        """
+        slots = [(c, k) for c in range(len(self.conns)) for k in range(self.args.channels)]
+        worker_of: dict[tuple[int, int], int] = {}
+
+        def reconnect(slot: tuple[int, int]) -> None:
+            before = {port for ports in self.spread(name).values() for port in ports}
+            conn = self.conns[slot[0]]
+            conn.send({"op": "reconnect", "args": {"server": name, "channel": slot[1]}})
+            if conn.recv() != "ok":
+                raise RuntimeError("a client process failed to reconnect")
+            for _ in range(50):
+                spread = self.spread(name)
+                new = [(pid, port) for pid, ports in spread.items() for port in ports
+                       if port not in before]
+                if new:
+                    worker_of[slot] = new[0][0]
+                    return
+                time.sleep(0.01)
+            worker_of.pop(slot, None)
+
+        def split() -> dict[int, int]:
+            counts = {pid: len(ports) for pid, ports in self.spread(name).items()}
+            return counts
+
+        counts = split()
+        if not counts:
+            return []
+        tries = 0
+        while max(counts.values()) - min(counts.values()) > 1 and tries < attempts:
+            unknown = [slot for slot in slots if slot not in worker_of]
+            busiest = max(counts, key=counts.get)
+            on_busiest = [slot for slot in slots if worker_of.get(slot) == busiest]
+            reconnect(unknown[0] if unknown else on_busiest[0] if on_busiest else slots[0])
+            counts = split()
+            tries += 1
+        return sorted(counts.values())
+
+    def stop(self) -> None:
+        """Stop the clients and the servers; remove the temporary folder unless kept."""
+        for conn in self.conns:
+            try:
+                conn.send({"op": "stop"})
+            except OSError:
+                pass
+        for process in self.clients:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+        if self.redis is not None:
+            self.redis.close()
+        for server in (self.empty, self.payauth):
+            if server is not None:
+                server.stop()
+        if self.args.keep_temp:
+            print(f"server logs and data kept in {self.folder}")
+        else:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    # -- phases ---------------------------------------------------------------------------------
+
+    def _cpu(self) -> dict[str, float]:
+        cpu = {name: cpu_seconds(pids) for name, pids in self.cpu_groups.items()}
+        if self.redis is not None:  # from Redis itself, so an external one counts too
+            info = self.redis.info("cpu")
+            cpu["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        return cpu
+
+    def _settle(self, limit_s: float = 10.0) -> None:
+        """Wait until the servers are quiet (under a tenth of a core), so that the backlog of
+        one phase never runs into the next."""
+        deadline = time.perf_counter() + limit_s
+        while time.perf_counter() < deadline:
+            before = sum(self._cpu().values())
+            time.sleep(0.2)
+            if sum(self._cpu().values()) - before < 0.02:
+                return
+
+    def _run(self, mode: str, level: str, op: str, args: dict[str, Any],
+             offered: float | None) -> Phase:
+        self._settle()
+        server, streaming = MODES[mode]
+        # The servers close connections after grpc.max_connection_age_ms and the clients
+        # reconnect wherever the kernel puts them: re-check the split before every phase.
+        spread = self.spread(server)
+        counts = [len(p) for p in spread.values()]
+        if counts and max(counts) - min(counts) > 1:
+            self.connection_split[server] = self.balance(server)
+        workers = sorted(spread)
+        worker_cpu_before = [cpu_seconds([pid]) for pid in workers]
+        args = {"server": server, "stream": streaming, **args}
+        before = snapshot(self.metrics_port, self.redis)
+        cpu_before = self._cpu()
+        for conn in self.conns:
+            conn.send({"op": op, "args": args})
+        if op == "open":
+            for conn in self.conns:
+                if conn.recv() != "armed":
+                    raise RuntimeError("a client process failed to prepare its requests")
+            t0 = time.perf_counter() + 0.05
+            for conn in self.conns:
+                conn.send(t0)
+        results: list[PhaseResult] = [conn.recv() for conn in self.conns]
+        cpu_after = self._cpu()
+        worker_cpu = [cpu_seconds([pid]) - b for pid, b in zip(workers, worker_cpu_before,
+                                                               strict=True)]
+        after = snapshot(self.metrics_port, self.redis)
+        self.tallies.setdefault(mode, RedisTally()).add(before, after)
+        phase = _merge(mode, level, results, offered, op == "closed")
+        if server == "payauth":
+            phase.server_mean_ms = _server_means(before, after)
+        if sum(worker_cpu) > 0:
+            phase.worker_cpu_share = [round(c / sum(worker_cpu), 3) for c in worker_cpu]
+        if phase.completed:
+            phase.cpu_us_per_request = {
+                name: round((cpu_after[name] - cpu_before[name]) * 1e6 / phase.completed, 1)
+                for name in cpu_before}
+            phase.cpu_us_per_request["clients"] = round(
+                sum(r.cpu_s for r in results) * 1e6 / phase.completed, 1)
+        self.phases.append(phase)
+        print(report.row(phase), flush=True)
+        return phase
+
+    def measure_saturation(self, mode: str) -> None:
+        """Closed loop with many requests in flight: the throughput the whole stack reaches."""
+        a = self.args
+        concurrency = a.stream_window if MODES[mode][1] else a.concurrency
+        # The same number of requests in flight for every mode: all streams of a process
+        # together carry as many messages as its unary calls.
+        phase = self._run(mode, "saturation", "closed", {
+            "concurrency": concurrency, "warmup_s": a.warmup, "measure_s": a.saturation_seconds,
+        }, None)
+        self.saturation[mode] = phase.achieved_rps
+        time.sleep(a.pause)
+
+    def open_loop(self, mode: str, percent: int) -> None:
+        """One open-loop level: `percent` of the mode's saturation, shared by the clients."""
+        a = self.args
+        rate = self.saturation[mode] * percent / 100
+        self._run(mode, f"{percent}%", "open", {
+            "rate": rate / a.clients, "duration_s": a.duration, "drain_s": a.drain,
+        }, rate)
+        time.sleep(a.pause)
+
+    def run(self) -> dict[str, Any]:
+        """The whole benchmark; returns the JSON document."""
+        a = self.args
+        started = time.perf_counter()
+        print(f"starting payauth serve and the empty handler ({a.workers} worker(s) each) "
+              f"in {self.folder}", flush=True)
+        self.start_servers()
+        print(f"loading {a.accounts} accounts and {a.cards} cards through the issuer API",
+              flush=True)
+        self.load_data()
+        print(f"loaded in {self.load_s:.1f} s ({(a.accounts + a.cards) / self.load_s:.0f} "
+              "calls/s); starting the client processes", flush=True)
+        self.start_clients()
+        for name in self._servers():
+            self.connection_split[name] = self.balance(name)
+        print("connections per worker: " + ", ".join(
+            f"{name} {'/'.join(map(str, split))}" for name, split in
+            self.connection_split.items()), flush=True)
+        print(report.header(), flush=True)
+        for mode in a.modes:
+            self.measure_saturation(mode)
+        for percent in a.levels:
+            for mode in a.modes:
+                self.open_loop(mode, percent)
+        if "empty" not in a.modes:
+            self._idle_window(2.0)
+        elapsed = time.perf_counter() - started
+        return self.document(elapsed)
+
+    def _idle_window(self, seconds: float) -> None:
+        """Counters over a window without traffic: the Redis traffic of the server at rest."""
+        before = snapshot(self.metrics_port, self.redis)
+        time.sleep(seconds)
+        self.tallies.setdefault("idle", RedisTally()).add(
+            before, snapshot(self.metrics_port, self.redis))
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def redis_figures(self) -> dict[str, Any]:
+        """Round trips and commands per authorization, per payauth mode and together."""
+        # While the empty handler is measured, payauth is idle: what Redis sees then is the
+        # server at rest (the expiry sweeper's ZRANGEBYSCOREs), subtracted at its rate.
+        idle = RedisTally()
+        for name in ("empty", "empty_stream", "idle"):
+            if name in self.tallies:
+                idle.merge(self.tallies[name])
+        rate = 1 / idle.seconds if idle.seconds else 0.0
+        figures: dict[str, Any] = {}
+        combined = RedisTally()
+        for mode in ("authorize", "stream"):
+            if mode in self.tallies:
+                figures[mode] = _per_authorization(self.tallies[mode], idle, rate)
+                combined.merge(self.tallies[mode])
+        if combined.seconds:
+            figures.update(_per_authorization(combined, idle, rate))
+        figures["idle_commands_per_s"] = round(idle.total_commands * rate, 1)
+        return figures
+
+    def document(self, elapsed_s: float) -> dict[str, Any]:
+        """The JSON result."""
+        a = self.args
+        latency: dict[str, dict[str, Any]] = {}
+        saturation_detail: dict[str, Any] = {}
+        for phase in self.phases:
+            if phase.level == "saturation":
+                saturation_detail[phase.mode] = asdict(phase)
+            else:
+                latency.setdefault(phase.mode, {})[phase.level] = phase.latency_entry()
+        sat = {m: round(v, 1) for m, v in self.saturation.items()}
+        # Server CPU per request at saturation (payauth workers plus its Redis, or the empty
+        # handler's workers): the view of the cost that the client processes sharing this
+        # machine's cores do not blur.
+        cpu: dict[str, dict[str, float]] = {}
+        for mode, detail in saturation_detail.items():
+            c = detail["cpu_us_per_request"]
+            server = c.get("empty", 0.0) if MODES[mode][0] == "empty" else round(
+                c.get("payauth", 0.0) + c.get("redis", 0.0), 1)
+            cpu[mode] = {"server": server, "clients": c.get("clients", 0.0)}
+            if MODES[mode][0] == "payauth":
+                cpu[mode].update(workers=c.get("payauth", 0.0), redis=c.get("redis", 0.0))
+        doc: dict[str, Any] = {
+            "saturation_rps": sat,
+            "ratio_authorize_to_empty": _ratio(sat.get("authorize"), sat.get("empty")),
+            "ratio_stream_to_authorize": _ratio(sat.get("stream"), sat.get("authorize")),
+            "latency_ms": latency,
+            "redis": self.redis_figures(),
+            "cpu_us_per_request_at_saturation": cpu,
+            "cpu_ratio_authorize_to_empty": _ratio(cpu.get("empty", {}).get("server"),
+                                                   cpu.get("authorize", {}).get("server")),
+            "targets": _targets(sat, latency),
+            "phases": [asdict(p) for p in self.phases],
+            "saturation": saturation_detail,
+            "machine": machine(self.redis),
+            "config": {
+                "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.e2e",
+                                     *sys.argv[1:]]),
+                "workers": a.workers, "client_processes": a.clients,
+                "channels_per_client_per_server": a.channels,
+                "streams_per_client": a.streams, "modes": list(a.modes),
+                "levels_percent": list(a.levels), "accounts": a.accounts, "cards": a.cards,
+                "open_loop_seconds": a.duration, "saturation_seconds": a.saturation_seconds,
+                "warmup_seconds": a.warmup, "unary_concurrency_per_client": a.concurrency,
+                "stream_window": a.stream_window, "drain_seconds": a.drain,
+                "redis": "external" if a.redis_url else "embedded (unix socket, AOF always)",
+                "serve_args": a.serve_arg, "quick": a.quick, "seed": a.seed,
+                "run_id": self.run_id, "load_seconds": round(self.load_s, 1),
+                "connections_per_worker": self.connection_split,
+                "elapsed_seconds": round(elapsed_s, 1),
+                "histogram": "HdrHistogram 1 us..60 s, 3 significant digits, merged",
+            },
+        }
+        return doc
+
+
+def _per_authorization(t: RedisTally, idle: RedisTally, idle_rate: float) -> dict[str, Any]:
+    """Per-authorization figures of a tally, with the idle traffic subtracted."""
+    authorizations = t.prometheus.get("rpc:Authorize", 0) + t.prometheus.get(
+        "rpc:AuthorizeStream", 0)
+    if not authorizations:
+        return {}
+    reads = t.prometheus.get("redis:authorize_read", 0)
+    commits = t.prometheus.get("redis:authorize_commit", 0)
+
+    def net(value: float, idle_value: float) -> float:
+        return max(0.0, value - idle_value * idle_rate * t.seconds)
+
+    commands = {k: net(v, idle.commands.get(k, 0)) / authorizations
+                for k, v in t.commands.items()}
+    def mean_ms(kind: str, name: str, count_key: str) -> float | None:
+        count = t.prometheus.get(count_key, 0)
+        return round(t.prometheus.get(f"{kind}:{name}", 0) * 1000 / count, 3) if count else None
+
+    return {
+        "authorizations": int(authorizations),
+        "server_mean_ms": {
+            "read_pipeline": mean_ms("redis_seconds", "authorize_read", "redis:authorize_read"),
+            "commit": mean_ms("redis_seconds", "authorize_commit", "redis:authorize_commit"),
+            "Authorize": mean_ms("rpc_seconds", "Authorize", "rpc_count:Authorize"),
+            "AuthorizeStream_message": mean_ms("rpc_seconds", "AuthorizeStream",
+                                               "rpc_count:AuthorizeStream"),
+        },
+        "round_trips_per_authorize": round((reads + commits) / authorizations, 3),
+        "read_pipelines_per_authorize": round(reads / authorizations, 3),
+        "commits_per_authorize": round(commits / authorizations, 3),
+        "redis_socket_reads_per_authorize": round(
+            net(t.total_reads, idle.total_reads) / authorizations, 3),
+        "commands_per_authorize": round(
+            net(t.total_commands, idle.total_commands) / authorizations, 2),
+        "fcalls_per_authorize": round(commands.get("fcall", 0.0), 3),
+        "commands_by_name_per_authorize": {
+            k: round(v, 3) for k, v in sorted(commands.items(), key=lambda kv: -kv[1])
+            if v >= 0.005},
+    }
+
+
+def _server_means(before: Counters, after: Counters) -> dict[str, float | None]:
+    """Mean read pipeline, commit and RPC time of one phase as payauth measured them."""
+    def mean(seconds_key: str, count_key: str) -> float | None:
+        count = after.prometheus.get(count_key, 0) - before.prometheus.get(count_key, 0)
+        seconds = after.prometheus.get(seconds_key, 0) - before.prometheus.get(seconds_key, 0)
+        return round(seconds * 1000 / count, 3) if count > 0 else None
+
+    return {
+        "read_pipeline": mean("redis_seconds:authorize_read", "redis:authorize_read"),
+        "commit": mean("redis_seconds:authorize_commit", "redis:authorize_commit"),
+        "rpc": mean("rpc_seconds:Authorize", "rpc_count:Authorize")
+        or mean("rpc_seconds:AuthorizeStream", "rpc_count:AuthorizeStream"),
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def _targets(sat: dict[str, float], latency: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Issue 9's targets, checked against this run."""
+    targets: dict[str, Any] = {}
+    r1 = _ratio(sat.get("authorize"), sat.get("empty"))
+    r2 = _ratio(sat.get("stream"), sat.get("authorize"))
+    if r1 is not None:
+        targets["authorize_to_empty_at_least_0.5"] = r1 >= 0.5
+    if r2 is not None:
+        targets["stream_to_authorize_at_least_1.5"] = r2 >= 1.5
+    half = latency.get("authorize", {}).get("50%")
+    if half:
+        targets["authorize_p99_at_50pct_under_2ms"] = half["p99"] < 2.0
+        targets["authorize_p999_at_50pct_under_5ms"] = half["p999"] < 5.0
+    return targets
+
+
+def _merge(mode: str, level: str, results: list[PhaseResult], offered: float | None,
+           closed: bool) -> Phase:
+    histogram, lag = new_histogram(), new_histogram()
+    for r in results:
+        histogram.decode_and_add(r.histogram)
+        if not closed:
+            lag.decode_and_add(r.lag_histogram)
+    outcomes: dict[str, int] = {}
+    for r in results:
+        for k, v in r.outcomes.items():
+            outcomes[k] = outcomes.get(k, 0) + v
+    completed = sum(r.completed for r in results)
+    failures = sum(v for k, v in outcomes.items() if failed(k) and k != "incomplete")
+    incomplete = sum(r.incomplete for r in results)
+    if closed:
+        window = max(r.window_s for r in results)
+        achieved = sum(r.window_completed for r in results) / window
+        duration = window
+    else:
+        start = min(r.first_send for r in results)
+        end = max(r.last_answer for r in results)
+        duration = end - start
+        decided = completed - failures - outcomes.get("incomplete", 0)
+        achieved = decided / duration if duration > 0 else 0.0
+
+    def ms(percentile: float) -> float:
+        return round(histogram.get_value_at_percentile(percentile) / 1000, 3)
+
+    return Phase(
+        mode=mode, level=level, offered_rps=offered, achieved_rps=achieved,
+        p50=ms(50), p99=ms(99), p999=ms(99.9), max=round(histogram.get_max_value() / 1000, 3),
+        completed=completed, incomplete=incomplete, errors=failures,
+        duration_s=round(duration, 3), outcomes=outcomes,
+        error_samples={k: v for r in results for k, v in r.error_samples.items()},
+        send_lag_ms=None if closed else {
+            "p50": round(lag.get_value_at_percentile(50) / 1000, 3),
+            "p99": round(lag.get_value_at_percentile(99) / 1000, 3),
+            "max": round(lag.get_max_value() / 1000, 3)},
+    )
+
+
+def machine(client: redis.Redis | None) -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    redis_version = ""
+    if client is not None:
+        try:
+            redis_version = client.info("server").get("redis_version", "")
+        except redis.RedisError:
+            pass
+    return {
+        "cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+        "platform": platform.platform(), "grpcio": grpc.__version__,
+        "redis_server": redis_version, "uvloop": uvloop.__version__,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; --quick shrinks the data set and the phases for a smoke run."""
+    cores = os.cpu_count() or 1
+    p = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=(
+        "End-to-end benchmark of payauth against an empty handler on the same gRPC stack: "
+        "open loop, HDR histograms, Redis round trips per Authorize."))
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 1,000 accounts, 5,000 cards, short phases (about a minute)")
+    p.add_argument("--workers", type=int, default=cores,
+                   help="worker processes of each server (default: cores, %(default)s)")
+    p.add_argument("--redis-url", default=None,
+                   help="point payauth at this Redis instead of its embedded one (redis:// or "
+                        "unix://; not a cluster)")
+    p.add_argument("--pan-key-file", type=Path, default=None,
+                   help="PAN key file for payauth serve; a Redis that payauth used before needs "
+                        "the key it was used with")
+    p.add_argument("--serve-arg", action="append", default=[],
+                   help="extra argument for payauth serve (repeat for several)")
+    p.add_argument("--accounts", type=int, default=None, help="accounts (default 10,000)")
+    p.add_argument("--cards", type=int, default=None, help="cards (default 50,000)")
+    p.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
+    p.add_argument("--channels", type=int, default=4,
+                   help="connections per client process to each server (default 4)")
+    p.add_argument("--streams", type=int, default=4,
+                   help="AuthorizeStream calls per client process (default 4)")
+    p.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                   help=f"comma-separated, of {', '.join(MODES)} (default %(default)s)")
+    p.add_argument("--levels", default=",".join(map(str, DEFAULT_LEVELS)),
+                   help="open-loop loads in percent of saturation (default %(default)s)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds per open-loop level (default 8, quick 2)")
+    p.add_argument("--saturation-seconds", type=float, default=None,
+                   help="measuring seconds of each saturation phase (default 4, quick 2)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="seconds of warm-up before each saturation window (default 1.5, "
+                        "quick 0.5)")
+    p.add_argument("--concurrency", type=int, default=64,
+                   help="requests in flight per client process at saturation (default "
+                        "%(default)s; payauth's Redis pool holds 100 connections per worker)")
+    p.add_argument("--stream-window", type=int, default=0,
+                   help="messages in flight per stream at saturation (default: concurrency / "
+                        "streams, so both kinds keep as many requests in flight)")
+    p.add_argument("--drain", type=float, default=5.0,
+                   help="seconds to wait for the last answers of a phase (default %(default)s)")
+    p.add_argument("--pause", type=float, default=0.5,
+                   help="seconds between phases (default %(default)s)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results",
+                   help="folder of e2e.json and e2e.png (default benchmarks/results)")
+    p.add_argument("--keep-temp", action="store_true",
+                   help="keep the temporary folder (server logs, Redis data)")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.accounts = args.accounts or (1_000 if quick else 10_000)
+    args.cards = args.cards or (5_000 if quick else 50_000)
+    args.duration = args.duration or (2.0 if quick else 8.0)
+    args.saturation_seconds = args.saturation_seconds or (2.0 if quick else 4.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.5)
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in args.modes if m not in MODES]
+    if unknown:
+        p.error(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    args.levels = [int(x) for x in args.levels.split(",") if x.strip()]
+    args.stream_window = args.stream_window or max(1, args.concurrency // args.streams)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; write and print its results."""
+    args = parse_args(argv)
+    harness = Harness(args)
+    try:
+        doc = harness.run()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        harness.stop()
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / "e2e.json"
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(json_path)
+    png_path = args.out / "e2e.png"
+    report.plot(doc, png_path)
+    print()
+    print(report.summary(doc))
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,262 @@
+"""The servers under test, started by the harness as subprocesses, and what is read from them.
+
+`payauth serve` and the empty handler each run as their own process tree on free loopback
+ports under a temporary folder, with their output in a log file there. Between phases the
+harness reads three things from outside the servers (so measuring costs them nothing extra):
+the CPU time of every process of a tree (/proc), payauth's Prometheus endpoint, and Redis's
+`INFO commandstats` / `INFO stats`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    """One server process tree, started with `args`, serving once `marker` is in its log."""
+
+    name: str
+    args: list[str]
+    log: Path
+    marker: str
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        """The gRPC target of the server."""
+        return f"127.0.0.1:{self.port}"
+
+    def spawn(self) -> None:
+        """Start the process; `wait_serving` waits for it."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PAYAUTH_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
+                                                          env.get("PYTHONPATH")]))
+        env.update(self.extra_env)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
+                                            env=env, cwd=REPO_ROOT, start_new_session=True)
+
+    def output(self) -> str:
+        """Everything the server wrote so far."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_serving(self, timeout_s: float = 90.0) -> None:
+        """Block until the server says it serves; raise with its log if it exits first."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n"
+                                   f"{self.output()[-4000:]}")
+            if self.marker in self.output():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name} did not serve within {timeout_s:.0f} s:\n"
+                           f"{self.output()[-4000:]}")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM the server (it drains and stops its workers); kill the tree if it lingers."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def tree(self) -> dict[int, str]:
+        """pid -> command name of the server's descendants (its workers, an embedded Redis)."""
+        assert self.process is not None
+        return descendants(self.process.pid)
+
+
+def payauth_server(folder: Path, workers: int, redis_url: str | None,
+                   pan_key_file: Path | None, extra: list[str]) -> tuple[ServerProcess, int]:
+    """`payauth serve` on a free port with a free metrics port; returns it and that port."""
+    port, metrics_port = free_port(), free_port()
+    args = [sys.executable, "-m", "payauth.server", "serve", "--port", str(port),
+            "--workers", str(workers), "--data-dir", str(folder / "payauth"),
+            "--metrics-port", str(metrics_port), "--log-level", "WARNING"]
+    if redis_url:
+        args += ["--redis-url", redis_url]
+    if pan_key_file:
+        args += ["--pan-key-file", str(pan_key_file)]
+    args += extra
+    return ServerProcess("payauth serve", args, folder / "payauth.log", "payauth serving on",
+                         port), metrics_port
+
+
+def empty_server(folder: Path, workers: int) -> ServerProcess:
+    """The empty handler (benchmarks.e2e.empty_server) on a free port."""
+    port = free_port()
+    args = [sys.executable, "-m", "benchmarks.e2e.empty_server", "--port", str(port),
+            "--workers", str(workers)]
+    return ServerProcess("empty handler", args, folder / "empty.log", "empty handler serving on",
+                         port)
+
+
+# -- process CPU --------------------------------------------------------------------------
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may hold spaces: split after it.
+    head, _, tail = text.rpartition(")")
+    return [head.partition("(")[2], *tail.split()]
+
+
+def descendants(root: int) -> dict[int, str]:
+    """pid -> command name of every live descendant of `root`."""
+    parents: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            parents[int(entry.name)] = (int(fields[2]), fields[0])
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, name) in parents.items():
+            if ppid == parent and pid not in found:
+                found[pid] = name
+                frontier.append(pid)
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time of these processes (the ones still alive)."""
+    total = 0
+    for pid in pids:
+        if (fields := _stat(pid)) is not None:
+            total += int(fields[12]) + int(fields[13])  # utime, stime (fields 14 and 15)
+    return total / CLOCK_TICKS
+
+
+# -- which worker holds which connection --------------------------------------------------------
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    except OSError:
+        pass
+    return inodes
+
+
+def _tcp_sockets(port: int) -> list[tuple[str, int, int]]:
+    """(state, remote port, inode) of every TCP socket whose local port is `port`."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if int(f[1].rsplit(":", 1)[1], 16) == port:
+                found.append((f[3], int(f[2].rsplit(":", 1)[1], 16), int(f[9])))
+    return found
+
+
+def connections_by_worker(pids: list[int], port: int) -> dict[int, set[int]]:
+    """For each worker (a process of `pids` listening on `port`), the client-side ports of
+    the established connections it serves: SO_REUSEPORT picks the worker per connection by
+    a hash, so with a handful of connections the split is often far from even."""
+    sockets = _tcp_sockets(port)
+    owners = {pid: _socket_inodes(pid) for pid in pids}
+    workers: dict[int, set[int]] = {}
+    for pid, inodes in owners.items():
+        if any(state == "0A" and inode in inodes for state, _, inode in sockets):
+            workers[pid] = set()
+    for state, remote, inode in sockets:
+        if state != "01":  # ESTABLISHED only
+            continue
+        for pid in workers:
+            if inode in owners[pid]:
+                workers[pid].add(remote)
+    return workers
+
+
+# -- Prometheus and Redis --------------------------------------------------------------------
+
+@dataclass
+class Counters:
+    """A snapshot of the counters the round-trip figures are made from."""
+
+    at: float
+    prometheus: dict[str, float]
+    commands: dict[str, int]
+    total_commands: int
+    total_reads: int
+
+
+def scrape_prometheus(port: int) -> dict[str, float]:
+    """The payauth counters the benchmark uses, from /metrics (summed over workers)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "payauth_redis_latency_seconds_count":
+                key = f"redis:{sample.labels.get('operation')}"
+            elif sample.name == "payauth_redis_latency_seconds_sum":
+                key = f"redis_seconds:{sample.labels.get('operation')}"
+            elif sample.name == "payauth_rpc_requests_total":
+                key = f"rpc:{sample.labels.get('method')}"
+            elif sample.name == "payauth_rpc_latency_seconds_sum":
+                key = f"rpc_seconds:{sample.labels.get('method')}"
+            elif sample.name == "payauth_rpc_latency_seconds_count":
+                key = f"rpc_count:{sample.labels.get('method')}"
+            else:
+                continue
+            values[key] = values.get(key, 0.0) + sample.value
+    return values
+
+
+def redis_counters(client: redis.Redis) -> tuple[dict[str, int], int, int]:
+    """Calls per command (`INFO commandstats`), total commands and total socket reads."""
+    stats = client.info("commandstats")
+    commands = {name.removeprefix("cmdstat_"): int(value["calls"])
+                for name, value in stats.items()}
+    info = client.info("stats")
+    return commands, int(info["total_commands_processed"]), int(info["total_reads_processed"])
+
+
+def snapshot(metrics_port: int, client: redis.Redis | None) -> Counters:
+    """Prometheus and Redis counters now."""
+    prometheus = scrape_prometheus(metrics_port)
+    commands, total_commands, total_reads = redis_counters(client) if client else ({}, 0, 0)
+    return Counters(time.perf_counter(), prometheus, commands, total_commands, total_reads)
