@@ -38,7 +38,7 @@ class Settings:
     log_level: str = "INFO"
     demo: bool = False
     hold_ttl_by_mcc: tuple[tuple[str, int], ...] = ()
-    sweep_interval_s: float = 1.0
+    sweep_interval_s: float = 5.0
     clock_file: Path | None = None
     metrics_port: int = 9464
 
