@@ -63,7 +63,7 @@ $(VENV)/.bench-installed: $(STAMP)
 ## tl2cgen, onnxruntime, zen-engine and the CEL runtimes; results in benchmarks/results/core.*
 ## (BENCH_CORE_ARGS=--quick for a smoke run)
 bench-core: $(STAMP)
-	$(PY) -m pip install -q -e '.[bench-core]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[bench-core]'
 	$(PY) -m benchmarks.core $(BENCH_CORE_ARGS)
 
 ## compile: rebuild protos and the Cython core in place
