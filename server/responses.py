@@ -27,10 +27,9 @@ CARD_STATUS_DECLINES: dict[int, tuple[int, str]] = {
                                      "card is expired"),
 }
 
-# outcome -> (decision, response code, reason id, reason text); None where the
-# outcome adds no reason.
-_OUTCOMES: dict[str, tuple[int, int, str, str] | None] = {
-    "approved": None,
+# outcome of a commit that did not simply approve -> (decision, response code, reason id,
+# reason text).
+_OUTCOMES: dict[str, tuple[int, int, str, str]] = {
     "partial": (common_pb2.DECISION_APPROVE, common_pb2.RESPONSE_CODE_10_PARTIAL_APPROVAL,
                 "funds.partial", "approved for the available amount only"),
     "insufficient": (common_pb2.DECISION_DECLINE, common_pb2.RESPONSE_CODE_51_INSUFFICIENT_FUNDS,
@@ -62,7 +61,7 @@ _OUTCOMES: dict[str, tuple[int, int, str, str] | None] = {
 def early_reversal_decline(response: authorizer_pb2.AuthorizeResponse
                            ) -> authorizer_pb2.AuthorizeResponse:
     """The decline of an authorization whose reversal arrived first."""
-    _, code, rule_id, text = _OUTCOMES["reversed_early"]  # type: ignore[misc]
+    _, code, rule_id, text = _OUTCOMES["reversed_early"]
     return decline(response, code, rule_id, text)
 
 
@@ -91,7 +90,7 @@ def apply_outcome(response: authorizer_pb2.AuthorizeResponse, outcome: str, appr
     if outcome == "approved":
         set_code(response, common_pb2.DECISION_APPROVE, common_pb2.RESPONSE_CODE_00_APPROVED)
     else:
-        decision, code, rule_id, text = _OUTCOMES[outcome]  # type: ignore[misc]
+        decision, code, rule_id, text = _OUTCOMES[outcome]
         set_code(response, decision, code)
         # The commit's outcome decided, so its reason goes first (most decisive first).
         earlier = list(response.reasons)

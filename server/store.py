@@ -24,7 +24,6 @@ from payauth.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
-LIBRARY_NAME = "payauth"
 MAX_CONNECTIONS = 1024
 READ_LATENCY = REDIS_LATENCY.labels("authorize_read")
 COMMIT_LATENCY = REDIS_LATENCY.labels("authorize_commit")
@@ -593,12 +592,6 @@ class Store:
         reply = await self._fcall("payauth_expire", [keys.expiries(partition)],
                                   [keys.tag(partition), authorization_id, now_ms])
         return reply.decode()
-
-    async def hold_fields(self, authorization_id: str) -> dict[str, str] | None:
-        """The stored fields of an authorization's hold, or None."""
-        p = keys.partition_from_authorization_id(authorization_id)
-        fields = await self.client.hgetall(keys.hold(p, authorization_id))
-        return {k.decode(): v.decode() for k, v in fields.items()} or None
 
     # -- Policies and models ------------------------------------------------
 
