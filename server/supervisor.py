@@ -17,6 +17,7 @@ import fcntl
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 import sys
@@ -198,7 +199,7 @@ class Supervisor:
             try:
                 ready.get(timeout=0.2)
                 started += 1
-            except Exception:  # noqa: BLE001 - queue.Empty; keep polling
+            except queue.Empty:
                 continue
         return True
 
