@@ -119,3 +119,9 @@ cdef class Activation:
     cdef readonly int32_t n_slots
     cdef list _keep
     cdef list _hints
+    # The numeric vector a model reads: slot numbers, then model-only features.
+    cdef double *vec
+    cdef double *_zero_vec
+    cdef readonly Py_ssize_t width
+
+    cdef int _put_string(self, Py_ssize_t slot, object value) except -1

@@ -17,8 +17,11 @@ timestamps and durations follow cel-cpp's checked arithmetic.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.math cimport isnan
-from libc.stdint cimport INT64_MAX, INT64_MIN, UINT64_MAX, int32_t, int64_t, uint64_t
+from cpython.dict cimport PyDict_GetItem
+from cpython.ref cimport PyObject
+from cpython.sequence cimport PySequence_Fast_ITEMS
+from libc.math cimport NAN, isnan
+from libc.stdint cimport INT64_MAX, INT64_MIN, UINT64_MAX, int32_t, int64_t, uint8_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
@@ -1624,6 +1627,8 @@ cdef class _Block:
 _INTERNED: dict = {}
 # The same table keyed by str, for inputs that arrive as str.
 _INTERNED_STR: dict = {}
+# The same dict, typed, for the setters' C-level lookups.
+cdef dict _INTERNED_C = _INTERNED_STR
 
 cpdef bytes intern_constant(bytes value):
     """The interned copy of a string constant (added on first use)."""
@@ -1915,53 +1920,159 @@ cdef class Scratch:
         self.arena.btop = 0
 
 
+cdef enum FillKind:
+    FILL_INT = 0
+    FILL_DOUBLE = 1
+    FILL_BOOL = 2
+    FILL_STRING = 3
+    FILL_TIMESTAMP = 4
+    FILL_FEATURE = 5
+    FILL_ANY = 6
+    FILL_SKIP = 7
+
+_FILL_KINDS = {"int": FILL_INT, "double": FILL_DOUBLE, "bool": FILL_BOOL,
+               "string": FILL_STRING, "timestamp": FILL_TIMESTAMP, "feature": FILL_FEATURE,
+               "any": FILL_ANY, "skip": FILL_SKIP}
+
+
+cdef inline double _numeric_of(const CelValue *v) noexcept nogil:
+    """What a model reads for a slot: its number (bools as 0/1), NaN for anything else."""
+    if v.kind == K_INT:
+        return <double>v.v.i
+    if v.kind == K_DOUBLE:
+        return v.v.d
+    if v.kind == K_BOOL:
+        return 1.0 if v.v.i else 0.0
+    if v.kind == K_UINT:
+        return <double>v.v.u
+    return NAN
+
+
+cdef class FillPlan:
+    """A precomputed bulk fill of an Activation: `targets[i]` (a slot, or for "feature" an
+    index of the numeric vector) receives values[i] as `kinds[i]`.
+
+    Kinds: "int", "double", "bool", "string", "timestamp" (Unix seconds, or a
+    (seconds, nanos) pair), "any" (converted under the slot's declared type, as `set`),
+    "feature" (a float64 written only to the numeric vector, at an index at or past
+    `n_slots`: a model-only feature) and "skip" (the value is ignored).
+    """
+
+    cdef int32_t *_target
+    cdef uint8_t *_kind
+    cdef readonly Py_ssize_t n
+    cdef readonly Py_ssize_t n_slots
+    cdef readonly Py_ssize_t width
+    cdef readonly tuple targets
+    cdef readonly tuple kinds
+
+    def __cinit__(self, targets, kinds, Py_ssize_t n_slots, Py_ssize_t width):
+        targets = tuple(int(t) for t in targets)
+        kinds = tuple(kinds)
+        if len(targets) != len(kinds):
+            raise ValueError("targets and kinds differ in length")
+        self.n = len(targets)
+        self.n_slots = n_slots
+        self.width = width
+        self.targets = targets
+        self.kinds = kinds
+        self._target = <int32_t *>calloc(self.n + 1, sizeof(int32_t))
+        self._kind = <uint8_t *>calloc(self.n + 1, sizeof(uint8_t))
+        if self._target == NULL or self._kind == NULL:
+            raise MemoryError()
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            kind = _FILL_KINDS.get(kinds[i])
+            if kind is None:
+                raise ValueError(f"unknown fill kind {kinds[i]!r}; one of "
+                                 f"{', '.join(_FILL_KINDS)}")
+            t = targets[i]
+            if kind == FILL_FEATURE:
+                if not n_slots <= t < width:
+                    raise IndexError(f"feature index {t} is outside [{n_slots}, {width})")
+            elif kind != FILL_SKIP and not 0 <= t < n_slots:
+                raise IndexError(f"slot {t} is outside [0, {n_slots})")
+            self._target[i] = <int32_t>t
+            self._kind[i] = <uint8_t>kind
+
+    def __dealloc__(self):
+        free(self._target)
+        free(self._kind)
+
+
 cdef class Activation:
     """The typed input values of a program: one CelValue per input slot.
 
     `hints` gives each slot's declared CEL type (see `_store`); Python values are converted
     when set, and the objects behind strings and lists are kept alive here.
+
+    Beside the slots, an Activation keeps a float64 numeric vector of `width` doubles
+    (`n_slots + extra`) that a scoring model reads directly: entry i < n_slots is the
+    number in slot i (ints, uints and doubles as doubles, bools as 0/1, NaN for any other
+    kind), kept in step by every setter; the `extra` entries after them are model-only
+    features (`set_feature`, or "feature" in a FillPlan), NaN until set.
     """
 
-    def __cinit__(self, hints):
+    def __cinit__(self, hints, Py_ssize_t extra=0):
         self._hints = list(hints)
         self.n_slots = len(self._hints)
+        if extra < 0:
+            raise ValueError("extra must be >= 0")
+        self.width = self.n_slots + extra
         self.slots = <CelValue *>calloc(self.n_slots + 1, sizeof(CelValue))
         self._zero = <CelValue *>calloc(self.n_slots + 1, sizeof(CelValue))
-        if self.slots == NULL or self._zero == NULL:
+        self.vec = <double *>calloc(self.width + 1, sizeof(double))
+        self._zero_vec = <double *>calloc(self.width + 1, sizeof(double))
+        if self.slots == NULL or self._zero == NULL or self.vec == NULL or \
+                self._zero_vec == NULL:
             raise MemoryError()
         # What keeps each slot's string or list memory alive, replaced when the slot is.
         self._keep = [None] * self.n_slots
         cdef Py_ssize_t i
         for i in range(self.n_slots):
             self._zero[i] = _zero_of(self._hints[i])
+            self._zero_vec[i] = _numeric_of(&self._zero[i])
+        for i in range(self.n_slots, self.width):
+            self._zero_vec[i] = NAN
         memcpy(self.slots, self._zero, sizeof(CelValue) * self.n_slots)
+        memcpy(self.vec, self._zero_vec, sizeof(double) * self.width)
 
     def __dealloc__(self):
         free(self.slots)
         free(self._zero)
+        free(self.vec)
+        free(self._zero_vec)
+
+    cdef int _put_string(self, Py_ssize_t slot, object value) except -1:
+        cdef Py_ssize_t size
+        cdef const char *data
+        cdef PyObject *canonical
+        if type(value) is not str and not isinstance(value, str):
+            raise TypeError(f"slot {slot}: expected str, got {type(value).__name__}")
+        canonical = PyDict_GetItem(_INTERNED_C, value)
+        if canonical != NULL:
+            self.slots[slot] = mk_str(K_STRING, PyBytes_AS_STRING(<object>canonical),
+                                      PyBytes_GET_SIZE(<object>canonical))
+            self.slots[slot].flags = F_INTERNED
+        else:
+            data = PyUnicode_AsUTF8AndSize(value, &size)
+            self._keep[slot] = value
+            self.slots[slot] = mk_str(K_STRING, data, size)
+        self.vec[slot] = NAN
+        return 0
 
     def set_string(self, Py_ssize_t slot, str value not None):
         """Set a string slot; equal to a policy constant, it is stored interned."""
-        cdef Py_ssize_t size
-        cdef const char *data
-        cdef object canonical
         if slot < 0 or slot >= self.n_slots:
             raise IndexError(slot)
-        canonical = _INTERNED_STR.get(value)
-        if canonical is not None:
-            self.slots[slot] = mk_str(K_STRING, PyBytes_AS_STRING(canonical),
-                                      PyBytes_GET_SIZE(canonical))
-            self.slots[slot].flags = F_INTERNED
-            return
-        data = PyUnicode_AsUTF8AndSize(value, &size)
-        self._keep[slot] = value
-        self.slots[slot] = mk_str(K_STRING, data, size)
+        self._put_string(slot, value)
 
     def set_bool(self, Py_ssize_t slot, bint value):
         """Set a bool slot."""
         if slot < 0 or slot >= self.n_slots:
             raise IndexError(slot)
         self.slots[slot] = mk_bool(value)
+        self.vec[slot] = 1.0 if value else 0.0
 
     def set_timestamp(self, Py_ssize_t slot, int64_t seconds, int64_t nanos=0):
         """Set a timestamp slot from Unix seconds and nanoseconds."""
@@ -1970,6 +2081,7 @@ cdef class Activation:
         if nanos < 0 or nanos >= NANOS:
             raise ValueError("nanos must be in [0, 1e9)")
         self.slots[slot] = mk_time(K_TIMESTAMP, seconds, nanos)
+        self.vec[slot] = NAN
 
     def set(self, Py_ssize_t slot, value):
         """Set input `slot` to the CEL form of `value` under the slot's declared type."""
@@ -1978,22 +2090,111 @@ cdef class Activation:
         cdef list keep = []
         _store(&self.slots[slot], value, self._hints[slot], keep)
         self._keep[slot] = keep if keep else None
+        self.vec[slot] = _numeric_of(&self.slots[slot])
 
     def set_int(self, Py_ssize_t slot, int64_t value):
         """Set an int slot without conversion overhead."""
         if slot < 0 or slot >= self.n_slots:
             raise IndexError(slot)
         self.slots[slot] = mk_int(value)
+        self.vec[slot] = <double>value
 
     def set_double(self, Py_ssize_t slot, double value):
         """Set a double slot without conversion overhead."""
         if slot < 0 or slot >= self.n_slots:
             raise IndexError(slot)
         self.slots[slot] = mk_double(value)
+        self.vec[slot] = value
 
     def set_error(self, Py_ssize_t slot):
         """Mark a slot as an error value (an input that could not be computed)."""
+        if slot < 0 or slot >= self.n_slots:
+            raise IndexError(slot)
         self.slots[slot] = mk_err(E_NO_OVERLOAD)
+        self.vec[slot] = NAN
+
+    def set_feature(self, Py_ssize_t index, double value):
+        """Set entry `index` (n_slots <= index < width) of the numeric vector: a model-only
+        feature, which no policy reads."""
+        if index < self.n_slots or index >= self.width:
+            raise IndexError(index)
+        self.vec[index] = value
+
+    def plan(self, targets, kinds):
+        """A FillPlan for this Activation's shape (see FillPlan)."""
+        return FillPlan(targets, kinds, self.n_slots, self.width)
+
+    def fill(self, FillPlan plan not None, values):
+        """Set many slots (and model-only features) in one call: values[i] goes to
+        plan.targets[i] as plan.kinds[i]. `values` is a tuple or list of plan.n items.
+
+        Each value is converted as the kind's own setter converts it (set_int, set_double,
+        set_bool, set_string, set_timestamp, set, set_feature)."""
+        cdef Py_ssize_t i, n, slot
+        cdef object seq, v
+        cdef PyObject **items
+        cdef int64_t secs, nanos
+        cdef double d
+        cdef int kind
+        cdef list keep
+        if plan.n_slots != self.n_slots or plan.width != self.width:
+            raise ValueError("the plan was made for an Activation of another shape")
+        seq = values if (type(values) is tuple or type(values) is list) else tuple(values)
+        n = len(seq)
+        if n != plan.n:
+            raise ValueError(f"the plan fills {plan.n} values, got {n}")
+        items = PySequence_Fast_ITEMS(seq)
+        for i in range(n):
+            v = <object>items[i]
+            slot = plan._target[i]
+            kind = plan._kind[i]
+            if kind == FILL_INT:
+                secs = v
+                self.slots[slot] = mk_int(secs)
+                self.vec[slot] = <double>secs
+            elif kind == FILL_STRING:
+                if v is None:
+                    raise TypeError(f"slot {slot}: expected str, got NoneType")
+                self._put_string(slot, v)
+            elif kind == FILL_DOUBLE:
+                d = v
+                self.slots[slot] = mk_double(d)
+                self.vec[slot] = d
+            elif kind == FILL_BOOL:
+                if v:
+                    self.slots[slot] = mk_bool(True)
+                    self.vec[slot] = 1.0
+                else:
+                    self.slots[slot] = mk_bool(False)
+                    self.vec[slot] = 0.0
+            elif kind == FILL_FEATURE:
+                self.vec[slot] = <double>v
+            elif kind == FILL_TIMESTAMP:
+                if type(v) is tuple:
+                    secs, nanos = v
+                else:
+                    secs = v
+                    nanos = 0
+                if nanos < 0 or nanos >= NANOS:
+                    raise ValueError("nanos must be in [0, 1e9)")
+                self.slots[slot] = mk_time(K_TIMESTAMP, secs, nanos)
+                self.vec[slot] = NAN
+            elif kind == FILL_ANY:
+                if (type(v) is list or type(v) is tuple) and len(v) == 0 and \
+                        self._zero[slot].kind == K_LIST:
+                    # An empty list (watch lists mostly are): the slot's zero value.
+                    self.slots[slot] = self._zero[slot]
+                    self._keep[slot] = None
+                    self.vec[slot] = NAN
+                    continue
+                keep = []
+                _store(&self.slots[slot], v, self._hints[slot], keep)
+                self._keep[slot] = keep if keep else None
+                self.vec[slot] = _numeric_of(&self.slots[slot])
+
+    def numeric(self):
+        """A copy of the numeric vector (`width` float64s) as a list."""
+        return [self.vec[i] for i in range(self.width)]
 
     def get(self, Py_ssize_t slot):
         """The slot's value as a Python value."""
@@ -2002,8 +2203,10 @@ cdef class Activation:
         return _to_python(&self.slots[slot])
 
     def reset(self):
-        """Put every slot back to its type's zero value and drop kept objects."""
+        """Put every slot back to its type's zero value (model-only features back to NaN)
+        and drop kept objects."""
         memcpy(self.slots, self._zero, sizeof(CelValue) * self.n_slots)
+        memcpy(self.vec, self._zero_vec, sizeof(double) * self.width)
         self._keep = [None] * self.n_slots
 
 

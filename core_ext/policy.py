@@ -40,6 +40,7 @@ from payauth.core.cel_compiler import (
 from payauth.core.cel_eval import Activation
 from payauth.core.cel_values import Duration
 from payauth.core.policy_eval import PolicyCore
+from payauth.core.trees import TreeEnsemble
 from payauth.v1 import common_pb2, context_pb2, policy_pb2
 
 MAX_RULES = 1000
@@ -138,26 +139,14 @@ class PolicyResult:
         self._policy = policy
         self._status = status
         self.score = score
-        self.rule: RuleInfo | None = None
-        self.threshold: str | None = None
-        self._cache: dict[str, Any] = {}
-        if decided >= 0:
-            self.rule = policy.rules[decided]
-            self.decision = _DECISIONS[self.rule.action]
-            self.response_code = self.rule.response_code
-        elif decided == -2:
-            self.threshold = "decline_score_threshold"
-            self.decision = common_pb2.DECISION_DECLINE
-            self.response_code = policy.score_decline_response_code
-        elif decided == -3:
-            self.threshold = "step_up_score_threshold"
-            self.decision = common_pb2.DECISION_STEP_UP
-            self.response_code = RC.Value("RESPONSE_CODE_1A_ADDITIONAL_AUTHENTICATION_REQUIRED")
-        else:
-            self.decision = common_pb2.DECISION_UNSPECIFIED
-            self.response_code = RC.Value("RESPONSE_CODE_UNSPECIFIED")
+        # (rule, threshold, decision, response_code), computed once per policy and outcome.
+        self.rule, self.threshold, self.decision, self.response_code = \
+            policy._outcomes[decided + 3]
+        self._cache: dict[str, Any] | None = None
 
     def _select(self, key: str, status: int, shadow: bool | None) -> tuple[RuleInfo, ...]:
+        if self._cache is None:
+            self._cache = {}
         found = self._cache.get(key)
         if found is None:
             found = tuple(rule for rule, s in zip(self._policy.rules, self._status, strict=False)
@@ -249,12 +238,34 @@ class CompiledPolicy:
             update.score_decline_min_merchant_liability_bps
         self.content_hash = policy_content_hash(update)
         self._core = core
+        # By deciding index + 3 (-3 step-up threshold, -2 decline threshold, -1 none, then
+        # the rules): (rule, threshold, decision, response_code).
+        step_up = RC.Value("RESPONSE_CODE_1A_ADDITIONAL_AUTHENTICATION_REQUIRED")
+        self._outcomes: tuple[tuple[RuleInfo | None, str | None, int, int], ...] = (
+            (None, "step_up_score_threshold", common_pb2.DECISION_STEP_UP, step_up),
+            (None, "decline_score_threshold", common_pb2.DECISION_DECLINE,
+             self.score_decline_response_code),
+            (None, None, common_pb2.DECISION_UNSPECIFIED, RC.Value("RESPONSE_CODE_UNSPECIFIED")),
+            *((rule, None, _DECISIONS.get(rule.action, common_pb2.DECISION_UNSPECIFIED),
+               rule.response_code) for rule in self.rules),
+        )
+        core.set_answers(tuple((decision, code) for _, _, decision, code in self._outcomes))
+        # The fast path, bound once: `decide(context, model=None)`.
+        self.decide = core.decide  # type: ignore[method-assign]
 
-    def evaluate(self, context: Activation) -> PolicyResult:
-        """Evaluate every rule over a decision context vector (see `DecisionContextBuilder`)."""
-        status = bytearray(len(self.rules))
-        decided, score = self._core.run(context, status)
-        return PolicyResult(self, bytes(status), decided, score)
+    def evaluate(self, context: Activation, model: TreeEnsemble | None = None) -> PolicyResult:
+        """Evaluate every rule over a decision context vector (see `DecisionContextBuilder`).
+
+        With `model`, the model is first scored on the context's numeric vector (read in
+        place, see `Activation`) and its probability, clamped to [0, 1], put in the context's
+        `score` slot, all in one call into the core."""
+        decided, score, status = self._core.evaluate(context, model)
+        return PolicyResult(self, status, decided, score)
+
+    def decide(self, context: Activation, model: TreeEnsemble | None = None) -> tuple[int, int]:
+        """(decision, response_code) of `evaluate(context, model)`, without building a
+        PolicyResult: one call into the core that allocates nothing."""
+        return self._core.decide(context, model)
 
     def new_context(self) -> Activation:
         """An empty decision context vector (every field at its zero value)."""
@@ -415,9 +426,10 @@ class DecisionContextBuilder:
         """The slot index of a context field ("txn.amount_minor")."""
         return self.layout.by_path[path].index
 
-    def new(self) -> Activation:
-        """An empty context vector."""
-        return self.layout.activation()
+    def new(self, extra: int = 0) -> Activation:
+        """An empty context vector; its numeric vector (what a bound model reads) has
+        `extra` model-only features after the context's slots."""
+        return Activation(self.layout.hints, extra)
 
     def set(self, context: Activation, path: str, value: Any) -> None:
         """Set one field by its policy name; a message field's presence follows."""

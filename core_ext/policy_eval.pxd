@@ -1,8 +1,10 @@
 # A compiled policy's rule table as the core evaluates it.
 
+from cpython.ref cimport PyObject
 from libc.stdint cimport int32_t, uint8_t
 
-from payauth.core.cel_eval cimport Program, Scratch
+from payauth.core.cel_eval cimport Activation, Program, Scratch
+from payauth.core.trees cimport TreeEnsemble
 
 
 cdef enum RuleAction:
@@ -43,3 +45,10 @@ cdef class PolicyCore:
     cdef double step_up_threshold
     cdef bint has_decline_threshold
     cdef double decline_threshold
+    # The rules' statuses of the last evaluation through `scratch`.
+    cdef uint8_t *_status
+    # What `decide` returns, by deciding rule index + 3 (-3, -2, -1, 0, 1 ...).
+    cdef tuple _answers
+
+    cdef int32_t _evaluate(self, Activation ctx, TreeEnsemble model, uint8_t *status,
+                           double *score, PyObject **status_copy) except -9

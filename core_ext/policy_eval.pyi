@@ -1,8 +1,10 @@
 """Type stubs of payauth.core.policy_eval (the policy rule loop)."""
 
 from collections.abc import Sequence
+from typing import Any
 
 from payauth.core.cel_eval import Activation, Program
+from payauth.core.trees import TreeEnsemble
 
 class PolicyCore:
     n_rules: int
@@ -12,3 +14,7 @@ class PolicyCore:
                  first_match: bool, score_slot: int, step_up_threshold: float | None = ...,
                  decline_threshold: float | None = ...) -> None: ...
     def run(self, inputs: Activation, status: bytearray) -> tuple[int, float]: ...
+    def set_answers(self, answers: tuple[Any, ...]) -> None: ...
+    def decide(self, ctx: Activation, model: TreeEnsemble | None = ...) -> Any: ...
+    def evaluate(self, ctx: Activation,
+                 model: TreeEnsemble | None = ...) -> tuple[int, float, bytes]: ...

@@ -8,17 +8,22 @@ calls no allocator and touches no Python object; `payauth.core.policy` builds th
 result from the status bytes afterwards, only as far as a caller reads it.
 """
 
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from libc.stdint cimport int32_t, uint8_t
 from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memset
 
 from payauth.core.cel_eval cimport (
     K_BOOL,
     K_DOUBLE,
+    Activation,
     CelValue,
     ProgramData,
     Scratch,
     cel_run,
 )
+from payauth.core.trees cimport TreeEnsemble
 
 
 cdef inline int severity(int action) noexcept nogil:
@@ -99,8 +104,10 @@ cdef class PolicyCore:
         self.score_slot = score_slot
         self.n_rules = len(rows)
         self.rows = <RuleRow *>calloc(self.n_rules + 1, sizeof(RuleRow))
-        if self.rows == NULL:
+        self._status = <uint8_t *>calloc(self.n_rules + 1, sizeof(uint8_t))
+        if self.rows == NULL or self._status == NULL:
             raise MemoryError()
+        self._answers = None
         for i, (entry, action, shadow, score_delta) in enumerate(rows):
             start, end, result = program.entry(entry)
             self.rows[i].start = start
@@ -116,25 +123,106 @@ cdef class PolicyCore:
 
     def __dealloc__(self):
         free(self.rows)
+        free(self._status)
 
-    def run(self, inputs, bytearray status not None):
-        """Evaluate over an Activation: (deciding rule index or -1/-2/-3, final score). The
-        status of rule i is written to status[i]."""
+    cdef int32_t _evaluate(self, Activation ctx, TreeEnsemble model, uint8_t *status,
+                           double *score, PyObject **status_copy) except -9:
+        """Optionally score `model` on ctx's numeric vector into the `score` slot (clamped to
+        [0, 1]), then run the rules over ctx; statuses go to `status` (NULL: this core's own
+        buffer, copied into `status_copy` when that is not NULL)."""
         cdef Scratch scratch = self.scratch
-        cdef double score = 0.0
         cdef int32_t decided
-        cdef uint8_t *out
-        if len(status) < self.n_rules:
-            raise ValueError("status buffer too short")
+        cdef double p
+        cdef bint own = status == NULL
+        cdef CelValue *slot
+        cdef object copy
+        if ctx is None:
+            raise TypeError("the decision context must not be None")
+        if ctx.n_slots != self.program.data.n_inputs:
+            raise ValueError(f"the program reads {self.program.data.n_inputs} inputs, "
+                             f"the activation has {ctx.n_slots}")
+        if model is not None:
+            if ctx.width < model._width:
+                raise ValueError(f"the decision context's numeric vector has {ctx.width} "
+                                 f"values, the model reads {model._width}")
+            if self.score_slot < 0:
+                raise ValueError("the policy has no score slot to receive the model's score")
         if scratch.busy:
             # Another thread is inside this policy (the GIL is released while it runs).
             scratch = Scratch(self.program)
+            if own:
+                status = <uint8_t *>calloc(self.n_rules + 1, sizeof(uint8_t))
+                if status == NULL:
+                    raise MemoryError()
+        elif own:
+            status = self._status
         scratch.busy = True
         try:
-            scratch.load(inputs)
-            out = <uint8_t *><char *>status
             with nogil:
-                decided = run_rules(self, scratch, out, &score)
+                if model is not None:
+                    # A regression or raw-margin model may leave 0..1; the score never does.
+                    p = model.probability(model.margin(ctx.vec))
+                    if p < 0.0:
+                        p = 0.0
+                    elif p > 1.0:
+                        p = 1.0
+                    slot = &ctx.slots[self.score_slot]
+                    memset(slot, 0, sizeof(CelValue))
+                    slot.kind = K_DOUBLE
+                    slot.v.d = p
+                    ctx.vec[self.score_slot] = p
+                if ctx.n_slots:
+                    memcpy(scratch.regs, ctx.slots, sizeof(CelValue) * ctx.n_slots)
+                scratch.arena.vtop = 0
+                scratch.arena.btop = 0
+                decided = run_rules(self, scratch, status, score)
+            if status_copy != NULL:
+                copy = PyBytes_FromStringAndSize(<char *>status, self.n_rules)
+                Py_INCREF(copy)
+                status_copy[0] = <PyObject *>copy
         finally:
             scratch.busy = False
+            if own and status != self._status:
+                free(status)
+        return decided
+
+    def set_answers(self, tuple answers not None):
+        """What `decide` returns for each outcome: answers[decided + 3], decided being the
+        deciding rule's index, -1 (none), -2 (decline threshold) or -3 (step-up
+        threshold)."""
+        if len(answers) != self.n_rules + 3:
+            raise ValueError(f"need {self.n_rules + 3} answers")
+        self._answers = answers
+
+    def decide(self, Activation ctx, TreeEnsemble model=None):
+        """Score `model` (if given) on ctx's numeric vector into its `score` slot, run the
+        rules, and return the answer set for the outcome (`set_answers`), or the deciding
+        index when none are set. Allocates nothing."""
+        cdef double score = 0.0
+        cdef int32_t decided = self._evaluate(ctx, model, NULL, &score, NULL)
+        if self._answers is None:
+            return decided
+        return self._answers[decided + 3]
+
+    def evaluate(self, Activation ctx, TreeEnsemble model=None):
+        """Like `decide`: (deciding index, final score, status bytes of every rule)."""
+        cdef double score = 0.0
+        cdef PyObject *raw = NULL
+        cdef int32_t decided
+        cdef object status
+        try:
+            decided = self._evaluate(ctx, model, NULL, &score, &raw)
+            status = <object>raw
+        finally:
+            Py_XDECREF(raw)
+        return decided, score, status
+
+    def run(self, Activation inputs, bytearray status not None):
+        """Evaluate over an Activation: (deciding rule index or -1/-2/-3, final score). The
+        status of rule i is written to status[i]."""
+        cdef double score = 0.0
+        cdef int32_t decided
+        if len(status) < self.n_rules:
+            raise ValueError("status buffer too short")
+        decided = self._evaluate(inputs, None, <uint8_t *><char *>status, &score, NULL)
         return decided, score

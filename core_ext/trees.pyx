@@ -29,6 +29,8 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.math cimport INFINITY, exp, expf, logf, nextafter, nextafterf
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 
+from payauth.core.cel_eval cimport Activation
+
 import numpy as np
 
 # LightGBM's kZeroThreshold: its predictor drops |x| <= 1e-35f from a dense row, so
@@ -209,6 +211,14 @@ cdef inline const double *_vector(const double[::1] x, Py_ssize_t width) except 
     if x.shape[0] < width:
         raise ValueError(f"the decision vector has {x.shape[0]} values, the model reads {width}")
     return &x[0]
+
+
+cdef inline const double *_context_input(Activation ctx, Py_ssize_t width) except NULL:
+    """An Activation's numeric vector, read in place."""
+    if ctx.width < width:
+        raise ValueError(f"the decision context's numeric vector has {ctx.width} values, "
+                         f"the model reads {width}")
+    return ctx.vec
 
 
 cdef inline int _check_rows(const double[:, ::1] rows, Py_ssize_t width) except -1:
@@ -501,25 +511,51 @@ cdef class TreeEnsemble:
         """True when splits read the decision vector itself, not the row buffer."""
         return self._n_gather < 0
 
-    def margin_of(self, const double[::1] x not None) -> float:
-        """The raw margin of one decision vector (float64, length >= width)."""
-        cdef const double *p = _vector(x, self._width)
+    def margin_of(self, x) -> float:
+        """The raw margin of one decision vector (float64, length >= width), or of an
+        Activation's numeric vector (read in place)."""
+        cdef const double[::1] hold
+        cdef const double *p
+        if type(x) is Activation:
+            p = _context_input(<Activation>x, self._width)
+        else:
+            if x is None:
+                raise TypeError("the decision vector must not be None")
+            hold = x
+            p = _vector(hold, self._width)
         cdef double m
         with nogil:
             m = self.margin(p)
         return m
 
-    def probability_of(self, const double[::1] x not None) -> float:
-        """The probability (the link applied to the margin) of one decision vector."""
-        cdef const double *p = _vector(x, self._width)
+    def probability_of(self, x) -> float:
+        """The probability (the link applied to the margin) of one decision vector, or of
+        an Activation's numeric vector (read in place, no copy)."""
+        cdef const double[::1] hold
+        cdef const double *p
+        if type(x) is Activation:
+            p = _context_input(<Activation>x, self._width)
+        else:
+            if x is None:
+                raise TypeError("the decision vector must not be None")
+            hold = x
+            p = _vector(hold, self._width)
         cdef double r
         with nogil:
             r = self.probability(self.margin(p))
         return r
 
-    def score(self, const double[::1] x not None) -> tuple:
-        """(raw margin, probability) of one decision vector."""
-        cdef const double *p = _vector(x, self._width)
+    def score(self, x) -> tuple:
+        """(raw margin, probability) of one decision vector or Activation."""
+        cdef const double[::1] hold
+        cdef const double *p
+        if type(x) is Activation:
+            p = _context_input(<Activation>x, self._width)
+        else:
+            if x is None:
+                raise TypeError("the decision vector must not be None")
+            hold = x
+            p = _vector(hold, self._width)
         cdef double m, r
         with nogil:
             m = self.margin(p)

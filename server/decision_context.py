@@ -2,10 +2,11 @@
 
 Policies read it as the CEL variables `txn`, `card`, `account`, `merchant`,
 `features` and `score` (protos/payauth/v1/context.proto); scoring models read
-the numeric part of the same fields, named by the same paths. One filler per
-worker reuses its context vector and its feature vector for every request:
-Authorize fills them and evaluates the core without awaiting in between, so
-no two requests ever share them at once.
+the numeric part of the same fields, named by the same paths, from the context's
+numeric vector (`Activation`), where the filler writes them after the context's slots
+in the same call. One filler per worker reuses its context for every request:
+Authorize fills it and evaluates the core without awaiting in between, so no two
+requests ever share it at once.
 
 String fields a model can read are given natural numeric codes: the MCC as its
 number, and enum-valued fields (channel, payment method, 3-D Secure result,
@@ -17,9 +18,8 @@ as zero and `has(features.x)` is false.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-
-import numpy as np
 
 from payauth.core import DecisionContextBuilder
 from payauth.core.cel_eval import Activation
@@ -37,6 +37,13 @@ _NAMES = {
                        for k, n in common_pb2.AccountStatus.items()},
     "kind": {n: k.removeprefix("ACCOUNT_KIND_") for k, n in common_pb2.AccountKind.items()},
 }
+
+_CHANNEL = _NAMES["channel"]
+_METHOD = _NAMES["payment_method"]
+_THREE_DS = _NAMES["three_ds"]
+_CARD_STATUS = _NAMES["card_status"]
+_ACCOUNT_STATUS = _NAMES["account_status"]
+_KIND = _NAMES["kind"]
 
 Request = authorizer_pb2.AuthorizeRequest
 
@@ -72,70 +79,100 @@ MODEL_FEATURES: dict[str, Callable[[Request, CardRecord, AccountRecord], float]]
 MODEL_LAYOUT: dict[str, int] = {name: i for i, name in enumerate(MODEL_FEATURES)}
 
 
+@functools.cache
+def context_slots() -> int:
+    """How many slots the decision context has (the model's features come after them)."""
+    return len(DecisionContextBuilder().layout.slots)
+
+
+def model_layout() -> dict[str, int]:
+    """Where a bound model reads each feature: in the decision context's numeric vector,
+    after the context's own slots, in MODEL_FEATURES order."""
+    base = context_slots()
+    return {name: base + i for name, i in MODEL_LAYOUT.items()}
+
+
+def model_width() -> int:
+    """The length of the decision context's numeric vector."""
+    return context_slots() + len(MODEL_LAYOUT)
+
+
 class DecisionContextFiller:
-    """Fills this worker's context vector (policies) and feature vector (models)."""
+    """Fills this worker's decision context: the policy's slots and, in the same call, the
+    model's features (`MODEL_FEATURES`) in the context's numeric vector after the slots,
+    where a model bound with `model_layout()` reads them in place."""
 
     def __init__(self) -> None:
         builder = DecisionContextBuilder()
         slot = builder.slot
-        self.context: Activation = builder.new()
-        self.features = np.zeros(len(MODEL_FEATURES), dtype=np.float64)
-        self._readers = tuple(MODEL_FEATURES.values())
-        self._present = tuple(slot(p) for p in ("txn?", "card?", "account?", "merchant?"))
+        self.context: Activation = builder.new(extra=len(MODEL_FEATURES))
         self._score = slot("score")
-        self._txn = tuple(slot(f"txn.{f}") for f in (
-            "amount_minor", "currency", "mcc", "channel", "payment_method", "merchant_country",
-            "device_id", "ip", "three_ds", "partial_ok", "points_to_redeem", "timestamp",
-            "timestamp?", "merchant_id", "account_amount_minor"))
-        self._card = tuple(slot(f"card.{f}") for f in ("token", "status", "expiry_year",
-                                                        "expiry_month"))
-        self._account = tuple(slot(f"account.{f}") for f in (
-            "kind", "status", "currency", "balance_minor", "available_minor",
-            "credit_limit_minor"))
-        self._merchant = tuple(slot(f"merchant.{f}") for f in ("id", "mcc", "country"))
+        base = len(builder.layout.slots)
+        paths = (
+            ("txn?", "bool"), ("card?", "bool"), ("account?", "bool"), ("merchant?", "bool"),
+            ("txn.amount_minor", "int"), ("txn.currency", "string"), ("txn.mcc", "string"),
+            ("txn.channel", "string"), ("txn.payment_method", "string"),
+            ("txn.merchant_country", "string"), ("txn.device_id", "string"),
+            ("txn.ip", "string"), ("txn.three_ds", "string"), ("txn.partial_ok", "bool"),
+            ("txn.points_to_redeem", "int"), ("txn.timestamp", "timestamp"),
+            ("txn.timestamp?", "bool"), ("txn.merchant_id", "string"),
+            ("txn.account_amount_minor", "int"),
+            ("card.token", "string"), ("card.status", "string"), ("card.expiry_year", "int"),
+            ("card.expiry_month", "int"),
+            ("account.kind", "string"), ("account.status", "string"),
+            ("account.currency", "string"), ("account.balance_minor", "int"),
+            ("account.available_minor", "int"), ("account.credit_limit_minor", "int"),
+            ("merchant.id", "string"), ("merchant.mcc", "string"), ("merchant.country", "string"),
+        )
+        targets = [slot(path) for path, _ in paths] + \
+            [base + i for i in range(len(MODEL_FEATURES))]
+        kinds = [kind for _, kind in paths] + ["feature"] * len(MODEL_FEATURES)
+        self._plan = self.context.plan(targets, kinds)
+        self._fill = self.context.fill
+
+    @property
+    def features(self) -> list[float]:
+        """The model's features of the last fill, in MODEL_FEATURES order (a copy)."""
+        return self.context.numeric()[context_slots():]
 
     def fill(self, request: Request, card: CardRecord, account: AccountRecord) -> None:
-        """Put one authorization's values into both vectors (score comes later)."""
+        """Put one authorization's values into the context, the model's features included
+        (score comes later), in one call into the core."""
         ctx = self.context
         ctx.reset()
-        for present in self._present:
-            ctx.set_bool(present, True)
-        (amount, currency, mcc, channel, method, country, device, ip, three_ds, partial,
-         points, timestamp, has_timestamp, merchant_id, account_amount) = self._txn
-        ctx.set_int(amount, request.amount_minor)
-        ctx.set_string(currency, request.currency)
-        ctx.set_string(mcc, request.mcc)
-        ctx.set_string(channel, _NAMES["channel"][request.channel])
-        ctx.set_string(method, _NAMES["payment_method"][request.payment_method])
-        ctx.set_string(country, request.merchant_country)
-        ctx.set_string(device, request.device_id)
-        ctx.set_string(ip, request.ip)
-        ctx.set_string(three_ds, _NAMES["three_ds"][request.three_ds])
-        ctx.set_bool(partial, request.partial_ok)
-        ctx.set_int(points, request.points_to_redeem)
-        ctx.set_timestamp(timestamp, request.timestamp.seconds, request.timestamp.nanos)
-        ctx.set_bool(has_timestamp, True)
-        ctx.set_string(merchant_id, request.merchant_id)
-        ctx.set_int(account_amount, request.amount_minor)  # no FX yet: same currency
-        token, status, year, month = self._card
-        ctx.set_string(token, card.card_token)
-        ctx.set_string(status, _NAMES["card_status"][card.status])
-        ctx.set_int(year, card.expiry_year)
-        ctx.set_int(month, card.expiry_month)
-        kind, a_status, a_currency, balance, available, limit = self._account
-        ctx.set_string(kind, _NAMES["kind"][account.kind])
-        ctx.set_string(a_status, _NAMES["account_status"][account.status])
-        ctx.set_string(a_currency, account.currency)
-        ctx.set_int(balance, account.balance)
-        ctx.set_int(available, account.available)
-        ctx.set_int(limit, account.limit)
-        m_id, m_mcc, m_country = self._merchant
-        ctx.set_string(m_id, request.merchant_id)
-        ctx.set_string(m_mcc, request.mcc)
-        ctx.set_string(m_country, request.merchant_country)
-        vector = self.features
-        for i, read in enumerate(self._readers):
-            vector[i] = read(request, card, account)
+        timestamp = request.timestamp
+        mcc = request.mcc
+        amount = request.amount_minor
+        channel = request.channel
+        method = request.payment_method
+        three_ds = request.three_ds
+        partial = request.partial_ok
+        points = request.points_to_redeem
+        merchant_id = request.merchant_id
+        country = request.merchant_country
+        c_status = card.status
+        year = card.expiry_year
+        month = card.expiry_month
+        kind = account.kind
+        a_status = account.status
+        balance = account.balance
+        available = account.available
+        limit = account.limit
+        self._fill(self._plan, (
+            True, True, True, True,
+            amount, request.currency, mcc, _CHANNEL[channel], _METHOD[method], country,
+            request.device_id, request.ip, _THREE_DS[three_ds], partial, points,
+            (timestamp.seconds, timestamp.nanos), True, merchant_id,
+            amount,  # no FX yet: same currency
+            card.card_token, _CARD_STATUS[c_status], year, month,
+            _KIND[kind], _ACCOUNT_STATUS[a_status], account.currency, balance, available,
+            limit,
+            merchant_id, mcc, country,
+            # MODEL_FEATURES, in order
+            amount, amount, int(mcc), channel, method, three_ds, partial, points,
+            c_status, year, month, kind, a_status, balance, available, limit,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ))
 
     def set_score(self, score: float) -> None:
         """Make the model's score visible to policies as `score`."""

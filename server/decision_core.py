@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from payauth.core import CompiledPolicy, TreeEnsemble, compile_policy
 from payauth.core.models import load_lightgbm_json, load_lightgbm_text, load_xgboost_json
 from payauth.server import keys
-from payauth.server.decision_context import MODEL_LAYOUT, DecisionContextFiller
+from payauth.server.decision_context import (
+    MODEL_LAYOUT,
+    DecisionContextFiller,
+    model_layout,
+    model_width,
+)
 from payauth.server.store import AccountRecord, CardRecord, Store
 from payauth.v1 import authorizer_pb2, policy_pb2
 
@@ -45,7 +50,8 @@ def build_model(request: policy_pb2.LoadModelRequest) -> TreeEnsemble:
     if unknown:
         raise ValueError(f"features {unknown} are not decision-context fields; a model may "
                          f"read {sorted(MODEL_LAYOUT)}")
-    return model.bind(MODEL_LAYOUT)
+    # The model reads its features in place from the decision context's numeric vector.
+    return model.bind(model_layout(), width=model_width())
 
 
 @dataclass(frozen=True)
@@ -75,14 +81,15 @@ class DecisionCore:
         if self.policy is None and self.model is None:
             return NO_RISK
         filler.fill(request, card, account)
-        score = 0.0
-        if self.model is not None:
-            # A regression or raw-margin model may leave 0..1; the score never does.
-            score = min(max(self.model.probability_of(filler.features), 0.0), 1.0)
         if self.policy is None:
+            # A regression or raw-margin model may leave 0..1; the score never does.
+            score = min(max(self.model.probability_of(filler.context), 0.0), 1.0)
             return RiskOutcome(score, 0, 0, ())
-        filler.set_score(score)
-        result = self.policy.evaluate(filler.context)
+        if self.model is None:
+            filler.set_score(0.0)
+        # One call into the core: the model scored on the context in place, its score
+        # (clamped to 0..1) put in the `score` slot, and the policy's rules run.
+        result = self.policy.evaluate(filler.context, self.model)
         reasons = []
         if result.rule is not None:
             reasons.append(authorizer_pb2.Reason(rule_id=result.rule.id, text=result.reason))

@@ -3,20 +3,22 @@ onto the decision vector, and the server's single-decision path.
 
 The decision path is what the server does per authorization, called from Python:
 
-1. fill the decision context (`Activation`, one reused per worker) with the typed setters,
-   one call per field, and build the model's float64 decision vector from the same record:
-   context fields at their context slot's index, the model-only features after them;
-2. score the model (`TreeEnsemble.probability_of`) and put the score in the context's
-   `score` slot;
-3. evaluate the policy (`CompiledPolicy.evaluate`) and read the decision and response code.
+1. fill the decision context (`Activation`, one reused per worker) from the record in one
+   call, `Activation.fill(plan, values)`: a precomputed plan says, per value, its slot and
+   type, and the core converts and stores them all in C. The context keeps a float64
+   numeric vector beside its slots (each numeric slot's number, then the model-only
+   features the same call writes after the context's slots): that is the model's decision
+   vector, so nothing is copied a second time;
+2. `CompiledPolicy.decide(context, model)`: one call into the core scores the model on
+   the context's numeric vector in place, puts the score in the `score` slot, runs the 50
+   rules and returns the precomputed (decision, response code) of the outcome.
 
-The fill is generated as straight-line Python (no loop over a field table, no dict of
-setters), which is the fastest a server written in Python can set 45 typed fields.
+The values are read from the record by straight-line generated Python (no loop over a
+field table), which is the fastest a server written in Python can gather 57 fields.
 """
 
 from __future__ import annotations
 
-import math
 from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -65,7 +67,8 @@ def compile_workload_policy(rules: Sequence[workload.Rule] = workload.RULES, *,
     return compile_policy(policy_update(rules, all_matches=all_matches))
 
 
-_SETTER = {"int": "si", "double": "sd", "string": "ss", "bool": "sb", "timestamp": "st"}
+_KIND = {"int": "int", "double": "double", "string": "string", "bool": "bool",
+         "timestamp": "timestamp"}
 
 
 class PayauthDecider:
@@ -82,48 +85,48 @@ class PayauthDecider:
         self.width = self.n_slots + len(workload.RISK_FEATURES)
         self.model = load_model(model_text)
         self.ensemble = self.model.bind(self.vector_layout, width=self.width)
-        self.context = self.builder.new()
+        # The context's numeric vector is the decision vector: context fields at their
+        # slots, the model-only features after them.
+        self.context = self.builder.new(extra=len(workload.RISK_FEATURES))
         self.score_slot = slots["score"]
         self._make_fill = self._compile_fill(layout)
-        fills = self._make_fill(self.context)
+        fills = self._make_fill(self.context, policy.decide, self.ensemble)
         self.fill = fills["fill"]
         self.fill_context = fills["fill_context"]
         self.build_vector = fills["build_vector"]
         ctx = self.context
-        probability_of = self.ensemble.probability_of
+        ensemble = self.ensemble
         evaluate = policy.evaluate
-        set_score = ctx.set_double
         fill = self.fill
-        score_slot = self.score_slot
-
-        def decide(record: dict[str, Any]) -> tuple[int, int]:
-            probability = probability_of(fill(record))
-            set_score(score_slot, probability)
-            result = evaluate(ctx)
-            return result.decision, result.response_code
 
         def decide_result(record: dict[str, Any]) -> Any:
-            probability = probability_of(fill(record))
-            set_score(score_slot, probability)
-            return evaluate(ctx)
+            fill(record)
+            return evaluate(ctx, ensemble)
 
-        self.decide = decide
+        # One call fills the context (and the model's features) from the record, one scores
+        # the model on the context's numeric vector in place, puts the score in the `score`
+        # slot and runs the rules (generated with the fill, so no extra Python call).
+        self.decide = fills["decide"]
         self.decide_result = decide_result
 
     def _compile_fill(self, layout: Any) -> Callable[[Any], dict[str, Callable]]:
-        """Straight-line code that sets every context slot from a record and returns the
-        decision vector. `make(context)` gives, for one context, `fill(record)` (both) and,
-        to see where the time goes, `fill_context(record)` and `build_vector(record)`.
+        """Straight-line code that reads every context field and model-only feature of a
+        record into one tuple and hands it to `Activation.fill` with a precomputed plan (one
+        call into the core, which converts and stores every value in C, and keeps the
+        context's numeric vector, what the model reads, in step). `make(context)` gives,
+        for one context, `fill(record)` (both) and, to see where the time goes,
+        `fill_context(record)` (the policy's fields) and `build_vector(record)` (only what
+        the model reads).
 
         The presence slots ("txn?", "txn.timestamp?" ...) are set once when the context is
         made: every authorization has all five messages and a timestamp, and the worker
         reuses its context, so they never change."""
-        context_lines: list[str] = []
+        context_entries: list[tuple[int, str, str]] = []
         presence: list[str] = []
         for slot in layout.slots:
             path = slot.path
             if path.endswith("?"):
-                presence.append(f"    sb({slot.index}, True)")
+                presence.append(f"    ctx.set_bool({slot.index}, True)")
                 continue
             if path == "score":
                 continue  # set from the model after scoring
@@ -133,12 +136,20 @@ class PayauthDecider:
             else:
                 source = f"rec[{path!r}]"
             hint = slot.hint
-            setter = _SETTER.get(hint) if isinstance(hint, str) else None
-            context_lines.append((setter or "sany", slot.index, source))
-        vector = ["nan"] * self.width
+            kind = _KIND.get(hint, "any") if isinstance(hint, str) else "any"
+            context_entries.append((slot.index, kind, source))
+        feature_entries: list[tuple[int, str, str]] = []
         for name, index in self.vector_layout.items():
-            group, field = name.split(".")
-            vector[index] = f"rec[{group!r}][{field!r}]"
+            if index >= self.n_slots:
+                group, field = name.split(".")
+                feature_entries.append((index, "feature", f"rec[{group!r}][{field!r}]"))
+        model_reads = set(self.vector_layout.values())
+        vector_entries = [e for e in context_entries if e[0] in model_reads] + feature_entries
+        plans = {
+            "fill": context_entries + feature_entries,
+            "fill_context": context_entries,
+            "build_vector": vector_entries,
+        }
 
         def hoist(sources: list[str]) -> tuple[list[str], dict[str, str]]:
             """Read each sub-dict of the record once (g_txn = rec['txn'])."""
@@ -157,42 +168,42 @@ class PayauthDecider:
                 return names[group] + src[src.index("]") + 1:]
             return src
 
-        def function(name: str, with_context: bool, with_vector: bool) -> list[str]:
-            sources = ([src for _, _, src in context_lines] if with_context else []) + \
-                      ([v for v in vector if v != "nan"] if with_vector else [])
-            head, names = hoist(sources)
-            body = [f"    def {name}(rec):", *head]
-            if with_context:
-                body += [f"        {setter}({index}, {rewrite(src, names)})"
-                         for setter, index, src in context_lines]
-            if with_vector:
-                items = ", ".join(rewrite(v, names) for v in vector)
-                body.append(f"        return array('d', [{items}])")
-            return body
+        def function(name: str, as_name: str | None = None) -> list[str]:
+            entries = plans[name]
+            head, names = hoist([src for _, _, src in entries])
+            items = ", ".join(rewrite(src, names) for _, _, src in entries)
+            return [f"    def {as_name or name}(rec):", *head,
+                    f"        cfill(plan_{name}, ({items},))",
+                    "        return ctx"]
 
         source = "\n".join([
-            "def make(ctx):",
-            "    si, sd, ss = ctx.set_int, ctx.set_double, ctx.set_string",
-            "    sb, st, sany = ctx.set_bool, ctx.set_timestamp, ctx.set",
+            "def make(ctx, decide_core, model):",
+            "    cfill = ctx.fill",
+            *(f"    plan_{name} = ctx.plan({[i for i, _, _ in entries]!r}, "
+              f"{[k for _, k, _ in entries]!r})" for name, entries in plans.items()),
             *presence,
-            *function("fill", True, True),
-            *function("fill_context", True, False),
-            *function("build_vector", False, True),
+            *function("fill"),
+            *function("fill_context"),
+            *function("build_vector"),
+            *function("fill", "decide")[:-1],
+            "        return decide_core(ctx, model)",
             "    return {'fill': fill, 'fill_context': fill_context,"
-            " 'build_vector': build_vector}",
+            " 'build_vector': build_vector, 'decide': decide}",
         ])
-        namespace: dict[str, Any] = {"array": array, "nan": math.nan}
+        namespace: dict[str, Any] = {}
         exec(source, namespace)  # noqa: S102 - generated from the context layout
         self.fill_source = source
         return namespace["make"]
 
     def prepared_context(self, record: dict[str, Any], score: float) -> Any:
         """A context of its own holding `record` and `score` (policy-only timings)."""
-        ctx = self.builder.new()
-        self._make_fill(ctx)["fill_context"](record)
+        ctx = self.builder.new(extra=len(workload.RISK_FEATURES))
+        self._make_fill(ctx, self.policy.decide, self.ensemble)["fill"](record)
         ctx.set_double(self.score_slot, score)
         return ctx
 
     def vector(self, record: dict[str, Any]) -> array:
-        """The decision vector of a record."""
-        return self.build_vector(record)
+        """The decision vector of a record (the numeric vector its context holds)."""
+        ctx = self.builder.new(extra=len(workload.RISK_FEATURES))
+        self._make_fill(ctx, self.policy.decide, self.ensemble)["fill"](record)
+        return array("d", ctx.numeric())

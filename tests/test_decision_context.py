@@ -1,0 +1,90 @@
+"""The bulk fill of a decision context (`Activation.fill`), its numeric vector read in place
+by models, and the one-call `CompiledPolicy.decide`/`evaluate(context, model)`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from payauth.core import DecisionContextBuilder
+from payauth.core.cel_eval import Activation
+
+
+def test_fill_matches_the_typed_setters() -> None:
+    b = DecisionContextBuilder()
+    slot = b.slot
+    bulk, one = b.new(extra=2), b.new(extra=2)
+    n = bulk.n_slots
+    plan = bulk.plan(
+        [slot("txn.amount_minor"), slot("txn.currency"), slot("txn.partial_ok"),
+         slot("txn.timestamp"), slot("features.card_avg_ticket_minor"), slot("watch_hits"),
+         n + 1],
+        ["int", "string", "bool", "timestamp", "double", "any", "feature"])
+    bulk.fill(plan, (1562, "BRL", True, (1732628814, 5), 2.5, ["DEVICE"], 0.25))
+    one.set_int(slot("txn.amount_minor"), 1562)
+    one.set_string(slot("txn.currency"), "BRL")
+    one.set_bool(slot("txn.partial_ok"), True)
+    one.set_timestamp(slot("txn.timestamp"), 1732628814, 5)
+    one.set_double(slot("features.card_avg_ticket_minor"), 2.5)
+    one.set(slot("watch_hits"), ["DEVICE"])
+    one.set_feature(n + 1, 0.25)
+    for i in range(n):
+        assert bulk.get(i) == one.get(i)
+    a, c = bulk.numeric(), one.numeric()
+    assert len(a) == bulk.width == n + 2
+    assert all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, c, strict=True))
+    assert a[slot("txn.amount_minor")] == 1562.0
+    assert a[slot("txn.partial_ok")] == 1.0
+    assert math.isnan(a[slot("txn.currency")])
+    assert math.isnan(a[n]) and a[n + 1] == 0.25
+    bulk.fill(plan, (1, "x", False, 7, 0.0, [], 1.0))
+    assert bulk.get(slot("watch_hits")) == []
+    assert bulk.get(slot("txn.timestamp")).seconds == 7
+
+
+def test_fill_rejects_bad_plans_and_values() -> None:
+    ctx = Activation(["int", "string"], 1)
+    with pytest.raises(ValueError):
+        ctx.plan([0], ["nope"])
+    with pytest.raises(IndexError):
+        ctx.plan([2], ["int"])
+    with pytest.raises(IndexError):
+        ctx.plan([0], ["feature"])
+    plan = ctx.plan([0, 1, 2], ["int", "string", "feature"])
+    with pytest.raises(ValueError):
+        ctx.fill(plan, (1, "a"))
+    with pytest.raises(TypeError):
+        ctx.fill(plan, (1, 2, 0.0))
+    with pytest.raises(OverflowError):
+        ctx.fill(plan, (2**70, "a", 0.0))
+    with pytest.raises(ValueError):
+        Activation(["int"]).fill(plan, (1, "a", 0.0))
+
+
+def test_model_reads_the_context_in_place_and_decide_agrees() -> None:
+    from benchmarks.core import payauth_side, workload
+    from payauth.core import load_model
+
+    lgb = pytest.importorskip("lightgbm")
+    del lgb
+    x, y = workload.training_set(2000)
+    booster = workload.train_lightgbm(x, y)
+    policy = payauth_side.compile_workload_policy()
+    d = payauth_side.PayauthDecider(policy, booster.model_to_string())
+    model = load_model(booster.model_to_string()).bind(d.vector_layout, width=d.width)
+    for record in workload.make_records(200, seed=3):
+        ctx = d.fill(record)
+        assert model.probability_of(ctx) == model.probability_of(d.vector(record))
+        p = model.probability_of(ctx)
+        ref = d.builder.new(extra=len(workload.RISK_FEATURES))
+        d._make_fill(ref, policy.decide, model)["fill"](record)
+        ref.set_double(d.score_slot, p)
+        expected = policy.evaluate(ref)
+        got = policy.evaluate(ctx, model)
+        assert (got.decision, got.response_code, got.rule, got.score, got.matched,
+                got.shadow_matched, got.errored) == \
+            (expected.decision, expected.response_code, expected.rule, expected.score,
+             expected.matched, expected.shadow_matched, expected.errored)
+        assert policy.decide(ctx, model) == (expected.decision, expected.response_code)
+        assert d.decide(record) == (expected.decision, expected.response_code)
