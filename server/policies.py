@@ -66,9 +66,12 @@ class IssuerPolicies:
             ack.errors.extend(exc.ack_errors())
             return ack
         if update.validate_only:
+            active = await self._store.active_policy_version()
+            ack.active_version = active
+            if update.version <= active:
+                ack.reject_reason = policy_pb2.POLICY_REJECT_REASON_STALE_VERSION
+                return ack
             ack.accepted = True
-            ack.active_version = (self._registry.current.policy.version
-                                  if self._registry.current.policy else 0)
             return ack
         stored = policy_pb2.PolicyUpdate()
         stored.CopyFrom(update)

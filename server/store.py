@@ -612,6 +612,10 @@ class Store:
         policy, model = await pipe.execute()
         return policy, model
 
+    async def active_policy_version(self) -> int:
+        """The version of the active policy, 0 when none is."""
+        return int(await self.client.hget(keys.ACTIVE_POLICY, "version") or 0)
+
     async def put_stored_model(self, model_id: str, version: int, payload: bytes) -> None:
         """Keep a model loaded without activating it."""
         await self.client.set(keys.stored_model(model_id, version), payload)

@@ -85,6 +85,14 @@ def test_policy_stream_acks_each_update_and_stays_open(server: PayauthProcess) -
     assert acks[3].replayed
     assert acks[4].active_version == 2
 
+    dry = [update(2, RULES, "dry-stale"), update(9, RULES, "dry-new")]
+    for u in dry:
+        u.validate_only = True
+    stale, fresh = stream(server, dry)
+    assert (stale.accepted, stale.reject_reason, stale.active_version) == (
+        False, P.POLICY_REJECT_REASON_STALE_VERSION, 2)
+    assert (fresh.accepted, fresh.active_version) == (True, 2)  # checked, not stored
+
 
 def test_the_policy_decides_on_every_worker(server: PayauthProcess) -> None:
     stream(server, [update(3, RULES)])
