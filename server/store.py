@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from payauth.server import keys
+from payauth.server.batching import PipelineBatcher
 from payauth.server.metrics import REDIS_LATENCY
 from payauth.v1 import common_pb2
 
@@ -263,6 +264,7 @@ class Store:
         self.client = client
         self.cluster = cluster
         self.url = ""
+        self._batcher = PipelineBatcher(client)
 
     @classmethod
     def connect(cls, url: str, cluster: bool, timeout_s: float) -> Store:
@@ -310,7 +312,10 @@ class Store:
 
     async def _fcall(self, function: str, keys_: list[str], args: list[str | bytes | int]) -> list:
         try:
-            return await self.client.fcall(function, len(keys_), *keys_, *args)
+            (reply,) = await self._batcher.run([("FCALL", function, len(keys_), *keys_, *args)])
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
         except ResponseError as exc:
             # A Redis restarted without its data, or a new node, lacks the library.
             if "Function not found" not in str(exc):
@@ -343,16 +348,20 @@ class Store:
         """One pipeline: card, account, stored answer, request_id claim (set when new)."""
         partition = keys.partition_of(account_id)
         claim = keys.request_claim(request_id)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(keys.card(card_token), _CARD_FIELDS)
-        pipe.hmget(keys.account(partition, account_id), _ACCOUNT_FIELDS)
-        pipe.hmget(keys.idempotency(partition, request_id), _IDEM_FIELDS)
-        pipe.fcall("payauth_claim_request", 1, claim, fingerprint, claim_ttl_ms, account_id)
+        commands: list[tuple] = [
+            ("HMGET", keys.card(card_token), *_CARD_FIELDS),
+            ("HMGET", keys.account(partition, account_id), *_ACCOUNT_FIELDS),
+            ("HMGET", keys.idempotency(partition, request_id), *_IDEM_FIELDS),
+            ("FCALL", "payauth_claim_request", 1, claim, fingerprint, claim_ttl_ms, account_id),
+        ]
         if pan_hash is not None:
-            pipe.get(keys.pan_index(pan_hash))
+            commands.append(("GET", keys.pan_index(pan_hash)))
         started = time.perf_counter()
-        replies = await pipe.execute()
+        replies = await self._batcher.run(commands)
         READ_LATENCY.observe(time.perf_counter() - started)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         card_f, acct_f, idem_f, claim_f = replies[:4]
         stored = None
         if idem_f[1] is not None:  # an authorization's answer (a lifecycle record has none)

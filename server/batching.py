@@ -1,0 +1,71 @@
+"""One Redis pipeline for all the requests in flight on an event-loop turn.
+
+redis-py's client-side cost of a round trip (building the pipeline, packing,
+parsing, taking a connection from the pool) is paid per pipeline, not per
+command. The requests a worker is deciding at once each need their own small
+pipeline at the same moment; this batcher collects the commands of every
+request that asks during one turn of the event loop, sends them as one
+pipeline, and hands each request its own replies. The requests' round trips
+to Redis are unchanged (each still waits for one reply), only shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+Command = tuple[Any, ...]
+
+
+class PipelineBatcher:
+    """Sends the commands of concurrent callers in one pipeline per loop turn."""
+
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster) -> None:
+        self._client = client
+        self._pending: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
+        self._flush_scheduled = False
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def run(self, commands: Sequence[Command]) -> list[Any]:
+        """Send `commands` (with other callers') and return their replies in order; a
+        command that failed has its exception in its place."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._pending.append((commands, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        self._flush_scheduled = False
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]]
+                    ) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for commands, _ in batch:
+            for command in commands:
+                pipe.execute_command(*command)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # the connection failed: every caller learns it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception)
+                                         else ConnectionError(str(exc)))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        start = 0
+        for commands, future in batch:
+            end = start + len(commands)
+            if not future.done():
+                future.set_result(replies[start:end])
+            start = end
