@@ -517,29 +517,32 @@ class Store:
 
     # -- Lifecycle ----------------------------------------------------------
 
+    async def _on_hold(self, function: str, authorization_id: str, request_id: str,
+                       fingerprint: str, *args: str | int) -> LifecycleReply:
+        """Call a lifecycle Function on an authorization's hold: keys (hold, the operation's
+        idempotency record) and arguments (tag, authorization, request, fingerprint, ...)
+        as every one of them takes them."""
+        p = keys.partition_from_authorization_id(authorization_id)
+        return _lifecycle_reply(await self._fcall(
+            function,
+            [keys.hold(p, authorization_id), keys.idempotency(p, request_id)],
+            [keys.tag(p), authorization_id, request_id, fingerprint, *args],
+        ))
+
     async def capture(self, *, authorization_id: str, request_id: str, fingerprint: str,
                       amount: int, final: bool, now_ms: int, idempotency_ttl_ms: int,
                       capture_id: str, day: str, currency: str) -> LifecycleReply:
         """Capture part or all of a hold (functions/payauth.lua `capture`)."""
-        p = keys.partition_from_authorization_id(authorization_id)
-        return _lifecycle_reply(await self._fcall(
-            "payauth_capture",
-            [keys.hold(p, authorization_id), keys.idempotency(p, request_id)],
-            [keys.tag(p), authorization_id, request_id, fingerprint, amount,
-             "1" if final else "0", now_ms, idempotency_ttl_ms, capture_id, day, currency],
-        ))
+        return await self._on_hold("payauth_capture", authorization_id, request_id, fingerprint,
+                                   amount, "1" if final else "0", now_ms, idempotency_ttl_ms,
+                                   capture_id, day, currency)
 
     async def reverse(self, *, authorization_id: str, request_id: str, fingerprint: str,
                       amount: int, now_ms: int, idempotency_ttl_ms: int,
                       currency: str) -> LifecycleReply:
         """Reverse part or all of an authorization's hold."""
-        p = keys.partition_from_authorization_id(authorization_id)
-        return _lifecycle_reply(await self._fcall(
-            "payauth_reverse",
-            [keys.hold(p, authorization_id), keys.idempotency(p, request_id)],
-            [keys.tag(p), authorization_id, request_id, fingerprint, amount, now_ms,
-             idempotency_ttl_ms, currency],
-        ))
+        return await self._on_hold("payauth_reverse", authorization_id, request_id, fingerprint,
+                                   amount, now_ms, idempotency_ttl_ms, currency)
 
     async def reverse_by_request(self, *, original_request_id: str, request_id: str,
                                  fingerprint: str, amount: int, now_ms: int,
@@ -566,24 +569,14 @@ class Store:
                      amount: int, now_ms: int, idempotency_ttl_ms: int, refund_id: str,
                      day: str, currency: str) -> LifecycleReply:
         """Refund part or all of what an authorization captured."""
-        p = keys.partition_from_authorization_id(authorization_id)
-        return _lifecycle_reply(await self._fcall(
-            "payauth_refund",
-            [keys.hold(p, authorization_id), keys.idempotency(p, request_id)],
-            [keys.tag(p), authorization_id, request_id, fingerprint, amount, now_ms,
-             idempotency_ttl_ms, refund_id, day, currency],
-        ))
+        return await self._on_hold("payauth_refund", authorization_id, request_id, fingerprint,
+                                   amount, now_ms, idempotency_ttl_ms, refund_id, day, currency)
 
     async def extend(self, *, authorization_id: str, request_id: str, fingerprint: str,
                      expires_ms: int, now_ms: int, idempotency_ttl_ms: int) -> LifecycleReply:
         """Move a hold's expiry later, within the maximum fixed at its placement."""
-        p = keys.partition_from_authorization_id(authorization_id)
-        return _lifecycle_reply(await self._fcall(
-            "payauth_extend",
-            [keys.hold(p, authorization_id), keys.idempotency(p, request_id)],
-            [keys.tag(p), authorization_id, request_id, fingerprint, expires_ms, now_ms,
-             idempotency_ttl_ms],
-        ))
+        return await self._on_hold("payauth_extend", authorization_id, request_id, fingerprint,
+                                   expires_ms, now_ms, idempotency_ttl_ms)
 
     async def due_holds(self, partitions: range | list[int], now_ms: int,
                         limit: int = 100) -> list[tuple[int, str]]:
