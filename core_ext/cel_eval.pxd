@@ -113,6 +113,26 @@ cdef class Scratch:
     cdef bint busy
 
 
+cdef class FillPlan:
+    cdef int32_t *_target
+    cdef uint8_t *_kind
+    cdef readonly Py_ssize_t n
+    cdef readonly Py_ssize_t n_slots
+    cdef readonly Py_ssize_t width
+    cdef readonly tuple targets
+    cdef readonly tuple kinds
+    # Gathering from a record (`sources`): each value's container (a group index, -1 for
+    # the record itself) and key; each group's parent (-1: the record) and key.
+    cdef int32_t *_source
+    cdef int32_t *_group_parent
+    cdef readonly Py_ssize_t n_groups
+    cdef tuple _group_keys
+    cdef tuple _value_keys
+    cdef readonly tuple sources
+
+    cdef _set_sources(self, sources)
+
+
 cdef class Activation:
     cdef CelValue *slots
     cdef CelValue *_zero
@@ -125,3 +145,6 @@ cdef class Activation:
     cdef readonly Py_ssize_t width
 
     cdef int _put_string(self, Py_ssize_t slot, object value) except -1
+    cdef int _put(self, Py_ssize_t slot, int kind, object v) except -1
+    # Fill from a record by the plan's key paths (Activation.fill_from).
+    cdef int _gather(self, FillPlan plan, object record) except -1

@@ -17,8 +17,10 @@ timestamps and durations follow cel-cpp's checked arithmetic.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from cpython.dict cimport PyDict_GetItem
-from cpython.ref cimport PyObject
+from cpython.dict cimport PyDict_GetItem, PyDict_GetItemWithError
+from cpython.object cimport PyObject_GetAttr
+from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
+from cpython.tuple cimport PyTuple_GET_ITEM
 from cpython.sequence cimport PySequence_Fast_ITEMS
 from libc.math cimport NAN, isnan
 from libc.stdint cimport INT64_MAX, INT64_MIN, UINT64_MAX, int32_t, int64_t, uint8_t, uint64_t
@@ -27,6 +29,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
 import datetime
+import sys
 
 from payauth.core.cel_values import CelError, Duration, MapValue, Timestamp, TypeValue, Uint
 
@@ -1948,6 +1951,32 @@ cdef inline double _numeric_of(const CelValue *v) noexcept nogil:
     return NAN
 
 
+cdef enum:
+    # Containers (the sub-dicts or objects the values sit in) one gathering plan may name;
+    # they are held on the C stack while the values are read.
+    FILL_MAX_GROUPS = 64
+
+
+cdef inline object _read_source(object container, object key):
+    """One step of a source path: item `key` of a dict, attribute `key` (a str) of any
+    other object, item `key` (an int) of a tuple or list."""
+    cdef PyObject *found
+    if type(container) is dict:
+        found = PyDict_GetItemWithError(container, key)
+        if found == NULL:
+            raise KeyError(key)
+        return <object>found
+    if type(key) is str and not isinstance(container, dict):
+        return PyObject_GetAttr(container, key)
+    return container[key]
+
+
+def _intern_key(key):
+    """A str key as the interned string, so a lookup in a record's dict (whose literal keys
+    are interned) finds it by identity."""
+    return sys.intern(key) if type(key) is str else key
+
+
 cdef class FillPlan:
     """A precomputed bulk fill of an Activation: `targets[i]` (a slot, or for "feature" an
     index of the numeric vector) receives values[i] as `kinds[i]`.
@@ -1956,17 +1985,15 @@ cdef class FillPlan:
     (seconds, nanos) pair), "any" (converted under the slot's declared type, as `set`),
     "feature" (a float64 written only to the numeric vector, at an index at or past
     `n_slots`: a model-only feature) and "skip" (the value is ignored).
+
+    With `sources` (one key path per value, e.g. ("txn", "amount_minor")), the plan can
+    also gather its values itself from a record (`Activation.fill_from`): reading 50
+    fields in C costs a fraction of building the tuple of values in Python. Each
+    container on the way (a record's "txn" sub-dict) is read once per fill, however many
+    values it holds.
     """
 
-    cdef int32_t *_target
-    cdef uint8_t *_kind
-    cdef readonly Py_ssize_t n
-    cdef readonly Py_ssize_t n_slots
-    cdef readonly Py_ssize_t width
-    cdef readonly tuple targets
-    cdef readonly tuple kinds
-
-    def __cinit__(self, targets, kinds, Py_ssize_t n_slots, Py_ssize_t width):
+    def __cinit__(self, targets, kinds, Py_ssize_t n_slots, Py_ssize_t width, sources=None):
         targets = tuple(int(t) for t in targets)
         kinds = tuple(kinds)
         if len(targets) != len(kinds):
@@ -1978,7 +2005,10 @@ cdef class FillPlan:
         self.kinds = kinds
         self._target = <int32_t *>calloc(self.n + 1, sizeof(int32_t))
         self._kind = <uint8_t *>calloc(self.n + 1, sizeof(uint8_t))
-        if self._target == NULL or self._kind == NULL:
+        self._source = <int32_t *>calloc(self.n + 1, sizeof(int32_t))
+        self._group_parent = <int32_t *>calloc(FILL_MAX_GROUPS, sizeof(int32_t))
+        if self._target == NULL or self._kind == NULL or self._source == NULL or \
+                self._group_parent == NULL:
             raise MemoryError()
         cdef Py_ssize_t i
         for i in range(self.n):
@@ -1994,10 +2024,57 @@ cdef class FillPlan:
                 raise IndexError(f"slot {t} is outside [0, {n_slots})")
             self._target[i] = <int32_t>t
             self._kind[i] = <uint8_t>kind
+        self.sources = None
+        self.n_groups = 0
+        self._group_keys = ()
+        self._value_keys = None
+        if sources is not None:
+            self._set_sources(sources)
+
+    cdef _set_sources(self, sources):
+        """Compile the key paths: each distinct container path becomes a group, read once
+        per fill before the values (parents before children)."""
+        # Keys interned: a record's keys are (literals are), and a dict lookup that finds
+        # the very same string object skips comparing characters.
+        paths = tuple(tuple(_intern_key(k) for k in (s if isinstance(s, (tuple, list)) else (s,)))
+                      for s in sources)
+        if len(paths) != self.n:
+            raise ValueError(f"the plan fills {self.n} values, got {len(paths)} sources")
+        groups = {}
+        group_keys = []
+        value_keys = []
+        cdef Py_ssize_t i, k
+        for i, path in enumerate(paths):
+            if not path:
+                raise ValueError(f"source {i} is an empty key path")
+            for key in path:
+                if type(key) is not str and type(key) is not int:
+                    raise TypeError(f"source {i}: keys are str or int, got {key!r}")
+            parent = -1
+            for k in range(1, len(path)):
+                prefix = path[:k]
+                g = groups.get(prefix)
+                if g is None:
+                    if len(group_keys) >= FILL_MAX_GROUPS:
+                        raise ValueError(f"sources name more than {FILL_MAX_GROUPS} "
+                                         f"containers")
+                    g = len(group_keys)
+                    groups[prefix] = g
+                    group_keys.append(path[k - 1])  # (no wraparound here)
+                    self._group_parent[g] = parent
+                parent = g
+            self._source[i] = parent
+            value_keys.append(path[len(path) - 1])
+        self.sources = paths
+        self.n_groups = len(group_keys)
+        self._group_keys = tuple(group_keys)
+        self._value_keys = tuple(value_keys)
 
     def __dealloc__(self):
         free(self._target)
         free(self._kind)
+        free(self._source)
+        free(self._group_parent)
 
 
 cdef class Activation:
@@ -2049,7 +2126,7 @@ cdef class Activation:
         cdef PyObject *canonical
         if type(value) is not str and not isinstance(value, str):
             raise TypeError(f"slot {slot}: expected str, got {type(value).__name__}")
-        canonical = PyDict_GetItem(_INTERNED_C, value)
+        canonical = PyDict_GetItemWithError(_INTERNED_C, value)
         if canonical != NULL:
             self.slots[slot] = mk_str(K_STRING, PyBytes_AS_STRING(<object>canonical),
                                       PyBytes_GET_SIZE(<object>canonical))
@@ -2120,9 +2197,60 @@ cdef class Activation:
             raise IndexError(index)
         self.vec[index] = value
 
-    def plan(self, targets, kinds):
-        """A FillPlan for this Activation's shape (see FillPlan)."""
-        return FillPlan(targets, kinds, self.n_slots, self.width)
+    def plan(self, targets, kinds, sources=None):
+        """A FillPlan for this Activation's shape (see FillPlan); with `sources`, one key
+        path per value, `fill_from` gathers the values from a record."""
+        return FillPlan(targets, kinds, self.n_slots, self.width, sources)
+
+    cdef int _put(self, Py_ssize_t slot, int kind, object v) except -1:
+        """Store one value of a bulk fill as its kind's own setter would."""
+        cdef int64_t secs, nanos
+        cdef double d
+        cdef list keep
+        if kind == FILL_INT:
+            secs = v
+            self.slots[slot] = mk_int(secs)
+            self.vec[slot] = <double>secs
+        elif kind == FILL_STRING:
+            if v is None:
+                raise TypeError(f"slot {slot}: expected str, got NoneType")
+            self._put_string(slot, v)
+        elif kind == FILL_DOUBLE:
+            d = v
+            self.slots[slot] = mk_double(d)
+            self.vec[slot] = d
+        elif kind == FILL_BOOL:
+            if v:
+                self.slots[slot] = mk_bool(True)
+                self.vec[slot] = 1.0
+            else:
+                self.slots[slot] = mk_bool(False)
+                self.vec[slot] = 0.0
+        elif kind == FILL_FEATURE:
+            self.vec[slot] = <double>v
+        elif kind == FILL_TIMESTAMP:
+            if type(v) is tuple:
+                secs, nanos = v
+            else:
+                secs = v
+                nanos = 0
+            if nanos < 0 or nanos >= NANOS:
+                raise ValueError("nanos must be in [0, 1e9)")
+            self.slots[slot] = mk_time(K_TIMESTAMP, secs, nanos)
+            self.vec[slot] = NAN
+        elif kind == FILL_ANY:
+            if (type(v) is list or type(v) is tuple) and len(v) == 0 and \
+                    self._zero[slot].kind == K_LIST:
+                # An empty list (watch lists mostly are): the slot's zero value.
+                self.slots[slot] = self._zero[slot]
+                self._keep[slot] = None
+                self.vec[slot] = NAN
+                return 0
+            keep = []
+            _store(&self.slots[slot], v, self._hints[slot], keep)
+            self._keep[slot] = keep if keep else None
+            self.vec[slot] = _numeric_of(&self.slots[slot])
+        return 0
 
     def fill(self, FillPlan plan not None, values):
         """Set many slots (and model-only features) in one call: values[i] goes to
@@ -2130,13 +2258,9 @@ cdef class Activation:
 
         Each value is converted as the kind's own setter converts it (set_int, set_double,
         set_bool, set_string, set_timestamp, set, set_feature)."""
-        cdef Py_ssize_t i, n, slot
-        cdef object seq, v
+        cdef Py_ssize_t i, n
+        cdef object seq
         cdef PyObject **items
-        cdef int64_t secs, nanos
-        cdef double d
-        cdef int kind
-        cdef list keep
         if plan.n_slots != self.n_slots or plan.width != self.width:
             raise ValueError("the plan was made for an Activation of another shape")
         seq = values if (type(values) is tuple or type(values) is list) else tuple(values)
@@ -2145,52 +2269,47 @@ cdef class Activation:
             raise ValueError(f"the plan fills {plan.n} values, got {n}")
         items = PySequence_Fast_ITEMS(seq)
         for i in range(n):
-            v = <object>items[i]
-            slot = plan._target[i]
-            kind = plan._kind[i]
-            if kind == FILL_INT:
-                secs = v
-                self.slots[slot] = mk_int(secs)
-                self.vec[slot] = <double>secs
-            elif kind == FILL_STRING:
-                if v is None:
-                    raise TypeError(f"slot {slot}: expected str, got NoneType")
-                self._put_string(slot, v)
-            elif kind == FILL_DOUBLE:
-                d = v
-                self.slots[slot] = mk_double(d)
-                self.vec[slot] = d
-            elif kind == FILL_BOOL:
-                if v:
-                    self.slots[slot] = mk_bool(True)
-                    self.vec[slot] = 1.0
-                else:
-                    self.slots[slot] = mk_bool(False)
-                    self.vec[slot] = 0.0
-            elif kind == FILL_FEATURE:
-                self.vec[slot] = <double>v
-            elif kind == FILL_TIMESTAMP:
-                if type(v) is tuple:
-                    secs, nanos = v
-                else:
-                    secs = v
-                    nanos = 0
-                if nanos < 0 or nanos >= NANOS:
-                    raise ValueError("nanos must be in [0, 1e9)")
-                self.slots[slot] = mk_time(K_TIMESTAMP, secs, nanos)
-                self.vec[slot] = NAN
-            elif kind == FILL_ANY:
-                if (type(v) is list or type(v) is tuple) and len(v) == 0 and \
-                        self._zero[slot].kind == K_LIST:
-                    # An empty list (watch lists mostly are): the slot's zero value.
-                    self.slots[slot] = self._zero[slot]
-                    self._keep[slot] = None
-                    self.vec[slot] = NAN
-                    continue
-                keep = []
-                _store(&self.slots[slot], v, self._hints[slot], keep)
-                self._keep[slot] = keep if keep else None
-                self.vec[slot] = _numeric_of(&self.slots[slot])
+            self._put(plan._target[i], plan._kind[i], <object>items[i])
+
+    def fill_from(self, FillPlan plan not None, record):
+        """Like `fill`, the values read from `record` by the plan's `sources`: each step of
+        a key path reads an item of a dict, an attribute (str key) of any other object, or
+        an item (int key) of a tuple or list. A missing key raises KeyError, a missing
+        attribute AttributeError."""
+        self._gather(plan, record)
+
+    cdef int _gather(self, FillPlan plan, object record) except -1:
+        """`fill_from` for other modules of the core (one call that fills and decides)."""
+        cdef PyObject *groups[FILL_MAX_GROUPS]
+        cdef Py_ssize_t g, i, n_groups
+        cdef int32_t parent
+        cdef object container, v
+        cdef tuple group_keys, value_keys
+        if plan._value_keys is None:
+            raise ValueError("the plan has no sources to gather from")
+        if plan.n_slots != self.n_slots or plan.width != self.width:
+            raise ValueError("the plan was made for an Activation of another shape")
+        group_keys = plan._group_keys
+        value_keys = plan._value_keys
+        n_groups = plan.n_groups
+        for g in range(n_groups):
+            groups[g] = NULL
+        try:
+            for g in range(n_groups):
+                parent = plan._group_parent[g]
+                container = record if parent < 0 else <object>groups[parent]
+                v = _read_source(container, <object>PyTuple_GET_ITEM(group_keys, g))
+                Py_INCREF(v)
+                groups[g] = <PyObject *>v
+            for i in range(plan.n):
+                parent = plan._source[i]
+                container = record if parent < 0 else <object>groups[parent]
+                self._put(plan._target[i], plan._kind[i],
+                          _read_source(container, <object>PyTuple_GET_ITEM(value_keys, i)))
+        finally:
+            for g in range(n_groups):
+                Py_XDECREF(groups[g])
+        return 0
 
     def numeric(self):
         """A copy of the numeric vector (`width` float64s) as a list."""

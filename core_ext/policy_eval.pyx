@@ -19,6 +19,7 @@ from payauth.core.cel_eval cimport (
     K_DOUBLE,
     Activation,
     CelValue,
+    FillPlan,
     ProgramData,
     Scratch,
     cel_run,
@@ -194,12 +195,22 @@ cdef class PolicyCore:
             raise ValueError(f"need {self.n_rules + 3} answers")
         self._answers = answers
 
-    def decide(self, Activation ctx, TreeEnsemble model=None):
+    def decide(self, Activation ctx, TreeEnsemble model=None, FillPlan plan=None,
+               record=None):
         """Score `model` (if given) on ctx's numeric vector into its `score` slot, run the
         rules, and return the answer set for the outcome (`set_answers`), or the deciding
-        index when none are set. Allocates nothing."""
+        index when none are set. Allocates nothing.
+
+        With `plan` (a FillPlan with sources), ctx is first filled from `record` as
+        `ctx.fill_from(plan, record)` would: the whole decision, from the request's own
+        record to the answer, is one call into the core."""
         cdef double score = 0.0
-        cdef int32_t decided = self._evaluate(ctx, model, NULL, &score, NULL)
+        cdef int32_t decided
+        if plan is not None:
+            if ctx is None:
+                raise TypeError("the decision context must not be None")
+            ctx._gather(plan, record)
+        decided = self._evaluate(ctx, model, NULL, &score, NULL)
         if self._answers is None:
             return decided
         return self._answers[decided + 3]

@@ -27,10 +27,12 @@ cdef enum:
     LINK_SIGMOID_FLOAT32 = 2  # XGBoost: its own float32 sigmoid
 
 # 16 bytes, four to a cache line. The two children of a split are adjacent, so a step
-# is `right - (v <= threshold)`: no branch on the outcome. A leaf has threshold +inf and
-# right = itself + 1, so it goes "left" to itself and a walk that got there stays.
+# is `right - (v <= threshold)`: no branch on the outcome. A leaf has right = itself + 1
+# and a test that always holds, so it goes "left" to itself and a walk that got there
+# stays: through the row buffer it reads -inf and its threshold is its value; reading the
+# vector directly, its threshold is +inf and its value is in `_leaf_value`.
 ctypedef struct TreeNode:
-    double threshold  # go left when v <= threshold; leaf: +inf; special: its SpecialSplit
+    double threshold  # go left when v <= threshold; leaf: see above; special: its SpecialSplit
     uint32_t word     # where v is read | NODE_SPECIAL | (direct reads) NaN-left bit
     int32_t right     # the right child (the left one is right - 1); a leaf: itself + 1
 

@@ -1,5 +1,6 @@
-"""The bulk fill of a decision context (`Activation.fill`), its numeric vector read in place
-by models, and the one-call `CompiledPolicy.decide`/`evaluate(context, model)`."""
+"""The bulk fill of a decision context (`Activation.fill`, and `fill_from` a record), its
+numeric vector read in place by models, and the one-call
+`CompiledPolicy.decide`/`evaluate(context, model)`."""
 
 from __future__ import annotations
 
@@ -62,6 +63,47 @@ def test_fill_rejects_bad_plans_and_values() -> None:
         Activation(["int"]).fill(plan, (1, "a", 0.0))
 
 
+def test_fill_from_gathers_what_fill_is_given() -> None:
+    """A plan with key paths reads the record in C: dict items, attributes of other
+    objects, tuple items, each container once; the result is `fill`'s."""
+    b = DecisionContextBuilder()
+    slot = b.slot
+    n = b.new().n_slots
+
+    class Card:
+        status = "ACTIVE"
+
+    targets = [slot("txn.amount_minor"), slot("txn.currency"), slot("txn.partial_ok"),
+               slot("txn.timestamp"), slot("card.status"), slot("watch_hits"), n]
+    kinds = ["int", "string", "bool", "timestamp", "string", "any", "feature"]
+    sources = [("txn", "amount_minor"), ("txn", "currency"), ("txn", "partial_ok"),
+               ("txn", "ts"), ("card", "status"), "watch_hits", ("risk", 1)]
+    record = {"txn": {"amount_minor": 1562, "currency": "BRL", "partial_ok": True,
+                      "ts": (1732628814, 5)},
+              "card": Card(), "watch_hits": ["DEVICE"], "risk": (0.5, 0.25)}
+    gathered, given = b.new(extra=1), b.new(extra=1)
+    plan = gathered.plan(targets, kinds, sources)
+    assert plan.n_groups == 3  # txn, card, risk
+    assert plan.sources[5] == ("watch_hits",)
+    gathered.fill_from(plan, record)
+    given.fill(given.plan(targets, kinds),
+               (1562, "BRL", True, (1732628814, 5), "ACTIVE", ["DEVICE"], 0.25))
+    for i in range(n):
+        assert gathered.get(i) == given.get(i)
+    a, c = gathered.numeric(), given.numeric()
+    assert all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, c, strict=True))
+    with pytest.raises(KeyError):
+        gathered.fill_from(plan, {**record, "txn": {"amount_minor": 1}})
+    with pytest.raises(AttributeError):
+        gathered.fill_from(plan, {**record, "card": object()})
+    with pytest.raises(ValueError):
+        gathered.fill_from(gathered.plan(targets, kinds), record)  # no sources
+    with pytest.raises(ValueError):
+        gathered.plan(targets, kinds, sources[:-1])
+    with pytest.raises(ValueError):
+        gathered.plan(targets, kinds, sources[:-1] + [()])
+
+
 def test_model_reads_the_context_in_place_and_decide_agrees() -> None:
     from benchmarks.core import payauth_side, workload
     from payauth.core import load_model
@@ -88,3 +130,6 @@ def test_model_reads_the_context_in_place_and_decide_agrees() -> None:
              expected.matched, expected.shadow_matched, expected.errored)
         assert policy.decide(ctx, model) == (expected.decision, expected.response_code)
         assert d.decide(record) == (expected.decision, expected.response_code)
+        plan = ref.plan(*zip(*d.fill_plans["fill"], strict=True))
+        assert policy.decide(ref, model, plan, record) == \
+            (expected.decision, expected.response_code)

@@ -1,20 +1,18 @@
 """payauth's side of the benchmark: the policy compiled by `compile_policy`, the models bound
 onto the decision vector, and the server's single-decision path.
 
-The decision path is what the server does per authorization, called from Python:
+The decision path is what the server does per authorization, called from Python, in one
+call into the core, `CompiledPolicy.decide(context, model, plan, record)`:
 
-1. fill the decision context (`Activation`, one reused per worker) from the record in one
-   call, `Activation.fill(plan, values)`: a precomputed plan says, per value, its slot and
-   type, and the core converts and stores them all in C. The context keeps a float64
-   numeric vector beside its slots (each numeric slot's number, then the model-only
-   features the same call writes after the context's slots): that is the model's decision
-   vector, so nothing is copied a second time;
-2. `CompiledPolicy.decide(context, model)`: one call into the core scores the model on
-   the context's numeric vector in place, puts the score in the `score` slot, runs the 50
-   rules and returns the precomputed (decision, response code) of the outcome.
-
-The values are read from the record by straight-line generated Python (no loop over a
-field table), which is the fastest a server written in Python can gather 57 fields.
+1. fill the decision context (`Activation`, one reused per worker) from the record: a
+   plan made once says, per value, its key path in the record, its slot and its type, and
+   the core reads, converts and stores them all in C (`Activation.fill_from`). The context
+   keeps a float64 numeric vector beside its slots (each numeric slot's number, then the
+   model-only features the same fill writes after the context's slots): that is the
+   model's decision vector, so nothing is copied a second time;
+2. score the model on the context's numeric vector in place, put the score in the `score`
+   slot, run the 50 rules and return the precomputed (decision, response code) of the
+   outcome.
 """
 
 from __future__ import annotations
@@ -103,46 +101,39 @@ class PayauthDecider:
             fill(record)
             return evaluate(ctx, ensemble)
 
-        # One call fills the context (and the model's features) from the record, one scores
-        # the model on the context's numeric vector in place, puts the score in the `score`
-        # slot and runs the rules (generated with the fill, so no extra Python call).
+        # One call into the core fills the context (and the model's features) from the
+        # record, scores the model on the context's numeric vector in place, puts the score
+        # in the `score` slot, runs the rules and returns the outcome's answer.
         self.decide = fills["decide"]
         self.decide_result = decide_result
 
-    def _compile_fill(self, layout: Any) -> Callable[[Any], dict[str, Callable]]:
-        """Straight-line code that reads every context field and model-only feature of a
-        record into one tuple and hands it to `Activation.fill` with a precomputed plan (one
-        call into the core, which converts and stores every value in C, and keeps the
-        context's numeric vector, what the model reads, in step). `make(context)` gives,
-        for one context, `fill(record)` (both) and, to see where the time goes,
+    def _compile_fill(self, layout: Any) -> Callable[..., dict[str, Callable]]:
+        """Plans that gather every context field and model-only feature of a record in C
+        (`Activation.fill_from`: each value's slot, type and key path in the record, made
+        once), so no Python code runs per field. `make(context, decide_core, model)`
+        gives, for one context, `fill(record)` (both), `decide(record)` (fill, score, rules
+        and answer in one call into the core) and, to see where the time goes,
         `fill_context(record)` (the policy's fields) and `build_vector(record)` (only what
         the model reads).
 
         The presence slots ("txn?", "txn.timestamp?" ...) are set once when the context is
         made: every authorization has all five messages and a timestamp, and the worker
         reuses its context, so they never change."""
-        context_entries: list[tuple[int, str, str]] = []
-        presence: list[str] = []
+        context_entries: list[tuple[int, str, tuple[str, ...]]] = []
+        presence: list[int] = []
         for slot in layout.slots:
             path = slot.path
             if path.endswith("?"):
-                presence.append(f"    ctx.set_bool({slot.index}, True)")
+                presence.append(slot.index)
                 continue
             if path == "score":
                 continue  # set from the model after scoring
-            if "." in path:
-                group, field = path.split(".")
-                source = f"rec[{group!r}][{field!r}]"
-            else:
-                source = f"rec[{path!r}]"
             hint = slot.hint
             kind = _KIND.get(hint, "any") if isinstance(hint, str) else "any"
-            context_entries.append((slot.index, kind, source))
-        feature_entries: list[tuple[int, str, str]] = []
-        for name, index in self.vector_layout.items():
-            if index >= self.n_slots:
-                group, field = name.split(".")
-                feature_entries.append((index, "feature", f"rec[{group!r}][{field!r}]"))
+            context_entries.append((slot.index, kind, tuple(path.split("."))))
+        feature_entries = [(index, "feature", tuple(name.split(".")))
+                           for name, index in self.vector_layout.items()
+                           if index >= self.n_slots]
         model_reads = set(self.vector_layout.values())
         vector_entries = [e for e in context_entries if e[0] in model_reads] + feature_entries
         plans = {
@@ -150,50 +141,37 @@ class PayauthDecider:
             "fill_context": context_entries,
             "build_vector": vector_entries,
         }
+        self.fill_plans = plans
 
-        def hoist(sources: list[str]) -> tuple[list[str], dict[str, str]]:
-            """Read each sub-dict of the record once (g_txn = rec['txn'])."""
-            lines, names = [], {}
-            for src in sources:
-                if src.startswith("rec[") and "][" in src:
-                    group = src[4:src.index("]")]
-                    if group not in names:
-                        names[group] = f"g_{group.strip(chr(39))}"
-                        lines.append(f"        {names[group]} = rec[{group}]")
-            return lines, names
+        def make(ctx: Any, decide_core: Callable, model: Any) -> dict[str, Callable]:
+            for index in presence:
+                ctx.set_bool(index, True)
+            made = {name: ctx.plan([t for t, _, _ in entries], [k for _, k, _ in entries],
+                                   [src for _, _, src in entries])
+                    for name, entries in plans.items()}
+            fill_from = ctx.fill_from
+            plan_fill, plan_context, plan_vector = (made["fill"], made["fill_context"],
+                                                    made["build_vector"])
 
-        def rewrite(src: str, names: dict[str, str]) -> str:
-            if src.startswith("rec[") and "][" in src:
-                group = src[4:src.index("]")]
-                return names[group] + src[src.index("]") + 1:]
-            return src
+            def fill(rec: dict[str, Any]) -> Any:
+                fill_from(plan_fill, rec)
+                return ctx
 
-        def function(name: str, as_name: str | None = None) -> list[str]:
-            entries = plans[name]
-            head, names = hoist([src for _, _, src in entries])
-            items = ", ".join(rewrite(src, names) for _, _, src in entries)
-            return [f"    def {as_name or name}(rec):", *head,
-                    f"        cfill(plan_{name}, ({items},))",
-                    "        return ctx"]
+            def fill_context(rec: dict[str, Any]) -> Any:
+                fill_from(plan_context, rec)
+                return ctx
 
-        source = "\n".join([
-            "def make(ctx, decide_core, model):",
-            "    cfill = ctx.fill",
-            *(f"    plan_{name} = ctx.plan({[i for i, _, _ in entries]!r}, "
-              f"{[k for _, k, _ in entries]!r})" for name, entries in plans.items()),
-            *presence,
-            *function("fill"),
-            *function("fill_context"),
-            *function("build_vector"),
-            *function("fill", "decide")[:-1],
-            "        return decide_core(ctx, model)",
-            "    return {'fill': fill, 'fill_context': fill_context,"
-            " 'build_vector': build_vector, 'decide': decide}",
-        ])
-        namespace: dict[str, Any] = {}
-        exec(source, namespace)  # noqa: S102 - generated from the context layout
-        self.fill_source = source
-        return namespace["make"]
+            def build_vector(rec: dict[str, Any]) -> Any:
+                fill_from(plan_vector, rec)
+                return ctx
+
+            def decide(rec: dict[str, Any]) -> Any:
+                return decide_core(ctx, model, plan_fill, rec)
+
+            return {"fill": fill, "fill_context": fill_context, "build_vector": build_vector,
+                    "decide": decide}
+
+        return make
 
     def prepared_context(self, record: dict[str, Any], score: float) -> Any:
         """A context of its own holding `record` and `score` (policy-only timings)."""
