@@ -20,6 +20,7 @@ _SERVICE = loyalty_pb2.DESCRIPTOR.services_by_name["Loyalty"]
 
 # The method table both twins call through.
 UPSERT_PROGRAM = Rpc(_SERVICE, "UpsertProgram", idempotent=True)
+UPSERT_MEMBER = Rpc(_SERVICE, "UpsertMember", idempotent=True)
 GET_BALANCE = Rpc(_SERVICE, "GetBalance", idempotent=True)
 EARN = Rpc(_SERVICE, "Earn", idempotent=True)
 REDEEM = Rpc(_SERVICE, "Redeem", idempotent=True)
@@ -43,6 +44,17 @@ class LoyaltyClient(ServiceClient):
     ) -> loyalty_pb2.UpsertProgramResponse:
         """Creates or replaces a loyalty program as a whole, versioned."""
         return self._unary(UPSERT_PROGRAM, request, fields, timeout)
+
+    def upsert_member(
+        self,
+        request: loyalty_pb2.UpsertMemberRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> loyalty_pb2.UpsertMemberResponse:
+        """Enrolls a member in a program, or updates its profile."""
+        return self._unary(UPSERT_MEMBER, request, fields, timeout)
 
     def get_balance(
         self,
@@ -127,6 +139,17 @@ class AsyncLoyaltyClient(AsyncServiceClient):
     ) -> loyalty_pb2.UpsertProgramResponse:
         """Creates or replaces a loyalty program as a whole, versioned."""
         return await self._unary(UPSERT_PROGRAM, request, fields, timeout)
+
+    async def upsert_member(
+        self,
+        request: loyalty_pb2.UpsertMemberRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> loyalty_pb2.UpsertMemberResponse:
+        """Enrolls a member in a program, or updates its profile."""
+        return await self._unary(UPSERT_MEMBER, request, fields, timeout)
 
     async def get_balance(
         self,

@@ -4,7 +4,14 @@ Only the names below are public; the server imports them from here, never
 from the extension modules themselves.
 """
 
-from payauth.core.cel_compiler import CelCompileError, compile_expression
+from payauth.core.cel_compiler import (
+    CelCompileError,
+    CelCompiler,
+    ProgramBuilder,
+    compile_expression,
+    message_layout,
+)
+from payauth.core.conditions import ConditionSet
 from payauth.core.keyed_hash import KeyedHash
 from payauth.core.models import (
     TreeModel,
@@ -24,11 +31,14 @@ from payauth.core.trees import TreeEnsemble
 
 __all__ = [
     "CelCompileError",
+    "CelCompiler",
+    "ConditionSet",
     "CompiledPolicy",
     "DecisionContextBuilder",
     "KeyedHash",
     "PolicyCompileError",
     "PolicyResult",
+    "ProgramBuilder",
     "TreeEnsemble",
     "TreeModel",
     "compile_expression",
@@ -37,4 +47,5 @@ __all__ = [
     "load_lightgbm_text",
     "load_model",
     "load_xgboost_json",
+    "message_layout",
 ]

@@ -33,9 +33,11 @@ from typing import Any
 
 from payauth.core.cel_compiler import (
     CelCompileError,
+    Layout,
     ProgramBuilder,
     decision_compiler,
     decision_layout,
+    message_layout,
 )
 from payauth.core.cel_eval import Activation
 from payauth.core.cel_values import Duration
@@ -401,14 +403,19 @@ def compile_policy(update: policy_pb2.PolicyUpdate) -> CompiledPolicy:
 
 class DecisionContextBuilder:
     """Fills decision context vectors: from a `payauth.v1.DecisionContext` message, or one
-    field at a time by its policy name ("txn.amount_minor", "score")."""
+    field at a time by its policy name ("txn.amount_minor", "score").
 
-    def __init__(self) -> None:
-        self.layout = decision_layout()
+    Another context message (the loyalty context) gets its own builder by passing its
+    descriptor and layout."""
+
+    def __init__(self, message: Any = None, layout: Layout | None = None) -> None:
+        if message is None:
+            message, layout = context_pb2.DecisionContext.DESCRIPTOR, decision_layout()
+        self.layout = layout if layout is not None else message_layout(message)
         by_path = self.layout.by_path
         # field descriptor -> (slot, presence slot or None, kind, sub-plan for messages)
         self._plan: dict[Any, tuple[int, int | None, str, dict | None]] = {}
-        for field in context_pb2.DecisionContext.DESCRIPTOR.fields:
+        for field in message.fields:
             if field.name + "?" in by_path and field.message_type is not None:
                 sub_plan = {}
                 for sub in field.message_type.fields:

@@ -25,6 +25,8 @@ from payauth.server.config import Settings
 from payauth.server.decision_core import CoreRegistry
 from payauth.server.expiry import ExpirySweeper
 from payauth.server.lifecycle import Lifecycle
+from payauth.server.loyalty import LoyaltyEngine
+from payauth.server.loyalty_store import LoyaltyStore
 from payauth.server.pan import PanHasher, load_or_create_key
 from payauth.server.policies import IssuerPolicies
 from payauth.server.servicers import Authorizer, IssuerControl, Loyalty
@@ -65,14 +67,17 @@ async def serve_worker(settings: Settings, redis_url: str, port: int, worker_ind
     clock = clock_for(settings.clock_file)
     registry = CoreRegistry(store)
     await registry.reload()
+    loyalty = LoyaltyEngine(LoyaltyStore(store), clock, settings.idempotency_ttl_s,
+                            watch_block_ms=max(10, int(settings.redis_timeout_s * 500)))
+    registry.on_program_change = loyalty.programs.forget
     server = grpc.aio.server(options=SERVER_OPTIONS)
     authorizer_pb2_grpc.add_AuthorizerServicer_to_server(
-        Authorizer(AuthorizePipeline(store, pans, settings, registry, clock),
+        Authorizer(AuthorizePipeline(store, pans, settings, registry, clock, loyalty=loyalty),
                    Lifecycle(store, settings, clock)), server)
     issuer_pb2_grpc.add_IssuerControlServicer_to_server(
         IssuerControl(Accounts(store, pans, clock), IssuerPolicies(store, registry, clock)),
         server)
-    loyalty_pb2_grpc.add_LoyaltyServicer_to_server(Loyalty(), server)
+    loyalty_pb2_grpc.add_LoyaltyServicer_to_server(Loyalty(loyalty), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -87,7 +92,7 @@ async def serve_worker(settings: Settings, redis_url: str, port: int, worker_ind
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     sweeper = ExpirySweeper(store, clock, settings.sweep_interval_s, worker_index,
-                            settings.workers)
+                            settings.workers, loyalty.store)
     sweeping = asyncio.create_task(sweeper.run(stopping))
     watching = asyncio.create_task(registry.watch(stopping))
     on_ready()

@@ -2,21 +2,24 @@
 
 validate -> idempotency -> card and account status -> risk score (the issuer's
 tree model) -> issuer policy (CEL rules) -> funds check and atomic hold (or, for
-an incremental authorization, the raise of an existing hold) -> ledger entry
-and decision event.
+an incremental authorization, the raise of an existing hold) -> loyalty redeem
+and earn (same commit) -> ledger entry and decision event.
 
 Two Redis round trips in the steady state: one pipelined read of everything
 the decision needs (card, account, stored answer, request_id claim), then one
 atomic commit (a Redis Function on the account's partition) that re-checks the
 account and funds, places the hold, stores the answer and appends the event.
-Hot lists, features, merchant collaboration and loyalty slot in between the
-read and the commit too; the commit already carries a pre-built response and
-event, so they add fields, not round trips.
+An account linked to a loyalty member has the member read in the same
+pipeline (this worker remembers the link once seen; links never change), and
+the commit earns and redeems its points. Hot lists, features and merchant
+collaboration slot in between the read and the commit too; the commit already
+carries a pre-built response and event, so they add fields, not round trips.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from datetime import UTC, datetime
 
@@ -27,6 +30,9 @@ from payauth.server.config import Settings
 from payauth.server.decision_context import DecisionContextFiller
 from payauth.server.decision_core import CoreRegistry
 from payauth.server.errors import AbortedError, AlreadyExistsError, unimplemented
+from payauth.server.loyalty import LoyaltyEngine
+from payauth.server.loyalty_programs import Purchase
+from payauth.server.loyalty_store import member_from_reply
 from payauth.server.pan import PanHasher
 from payauth.server.responses import (
     CARD_STATUS_DECLINES,
@@ -35,7 +41,7 @@ from payauth.server.responses import (
     early_reversal_decline,
     set_code,
 )
-from payauth.server.store import AuthorizationSnapshot, CommitResult, Store
+from payauth.server.store import AuthorizationSnapshot, CommitResult, Store, StoredAnswer
 from payauth.server.validation import check_authorize
 from payauth.v1 import authorizer_pb2, common_pb2, events_pb2
 
@@ -76,8 +82,11 @@ class AuthorizePipeline:
 
     def __init__(self, store: Store, pans: PanHasher, settings: Settings,
                  registry: CoreRegistry, clock: Clock = system_clock,
-                 routes: CardRoutes | None = None) -> None:
+                 routes: CardRoutes | None = None,
+                 loyalty: LoyaltyEngine | None = None) -> None:
         self._store = store
+        self._loyalty = loyalty
+        self._links: dict[str, tuple[str, str]] = {}  # account -> (program, member), fixed
         self._registry = registry
         self._filler = DecisionContextFiller()
         self._pans = pans
@@ -94,8 +103,9 @@ class AuthorizePipeline:
         now = self._clock()
         check_authorize(request, now, self._settings.max_clock_skew_future_s,
                         self._settings.max_clock_skew_past_s)
-        if request.payment_method == common_pb2.PAYMENT_METHOD_POINTS or request.points_to_redeem:
-            raise unimplemented("Paying with loyalty points (the loyalty engine)")
+        if request.payment_method == common_pb2.PAYMENT_METHOD_POINTS:
+            raise unimplemented("Paying a whole purchase with loyalty points "
+                                "(payment_method POINTS; points_to_redeem pays part of one)")
         pan_hash = self._pans.hash(request.pan) if request.pan else None
         reference = f"pan:{pan_hash}" if pan_hash else f"tok:{request.card_token}"
         fingerprint = request_fingerprint(request, pan_hash)
@@ -108,7 +118,7 @@ class AuthorizePipeline:
                     return await self._unknown_card(request, fingerprint, now)
             snapshot = await self._store.read_authorization(
                 route.card_token, route.account_id, request.request_id, fingerprint,
-                self._idem_ttl_ms, pan_hash,
+                self._idem_ttl_ms, pan_hash, self._links.get(route.account_id),
             )
             if _route_is_stale(route, snapshot, pan_hash):
                 self._routes.forget(reference)
@@ -136,8 +146,9 @@ class AuthorizePipeline:
         if stored is not None:
             response = authorizer_pb2.AuthorizeResponse.FromString(stored.base)
             response.replayed = True
-            return apply_outcome(response, stored.outcome, stored.approved,
-                                 stored.authorization_id, stored.decided_ms)
+            return _with_points(apply_outcome(response, stored.outcome, stored.approved,
+                                              stored.authorization_id, stored.decided_ms),
+                                stored)
 
         response = authorizer_pb2.AuthorizeResponse(request_id=request.request_id,
                                                     currency=request.currency)
@@ -174,6 +185,16 @@ class AuthorizePipeline:
         elif hold:
             mode, authorization_id = "hold", new_authorization_id(partition)
         now_ms = int(now * 1000)
+        amount, loyalty = request.amount_minor, ""
+        if mode == "hold" and (snapshot.loyalty_link or request.points_to_redeem):
+            amount, loyalty = await self._loyalty_part(request, route, snapshot, now_ms,
+                                                       response)
+            if not loyalty and request.points_to_redeem:
+                mode, authorization_id = "final", ""  # declined by _loyalty_part
+        elif request.points_to_redeem and hold:
+            decline(response, common_pb2.RESPONSE_CODE_12_INVALID_TRANSACTION,
+                    "loyalty.increment", "an incremental authorization cannot redeem points")
+            mode, authorization_id = "final", ""
         event = _event(request, response, route, partition, now_ms)
         rules = self._hold_rules
         result = await self._store.commit_authorization(
@@ -181,7 +202,7 @@ class AuthorizePipeline:
             account_id=route.account_id,
             request_id=request.request_id,
             fingerprint=fingerprint,
-            amount=request.amount_minor,
+            amount=amount,
             partial_ok=request.partial_ok,
             currency=request.currency,
             merchant_id=request.merchant_id,
@@ -195,8 +216,59 @@ class AuthorizePipeline:
             idempotency_ttl_ms=self._idem_ttl_ms,
             base=response.SerializeToString(),
             event=event.SerializeToString(),
+            loyalty=loyalty,
         )
         return _answer(response, result)
+
+    async def _loyalty_part(self, request: authorizer_pb2.AuthorizeRequest, route: CardRoute,
+                            snapshot: AuthorizationSnapshot, now_ms: int,
+                            response: authorizer_pb2.AuthorizeResponse) -> tuple[int, str]:
+        """(card amount to hold, loyalty JSON for the commit). Without a member, or
+        when the points cannot pay, '' (and a points request declined in `response`)."""
+        link = snapshot.loyalty_link
+        refusal = None
+        if link is None or self._loyalty is None:
+            refusal = ("loyalty.not_member", "the account is not a loyalty member")
+        else:
+            self._links[route.account_id] = link
+            if snapshot.member is not None:
+                member = member_from_reply(keys.partition_of(route.account_id), *link,
+                                           snapshot.member)
+            else:
+                member = await self._loyalty.store.read(keys.partition_of(route.account_id),
+                                                        *link)
+            if member is None:
+                refusal = ("loyalty.not_member", "the account's member is not enrolled")
+        if refusal is None:
+            at_ms = (request.timestamp.ToMilliseconds() if request.HasField("timestamp")
+                     else now_ms)
+            program = await self._loyalty.programs.get(link[0])
+            if program is None:
+                refusal = ("loyalty.no_program", "the member's program does not exist")
+        if refusal is not None:
+            if request.points_to_redeem:
+                decline(response, common_pb2.RESPONSE_CODE_57_NOT_PERMITTED_TO_CARDHOLDER,
+                        *refusal)
+            return request.amount_minor, ""
+        value = 0
+        if request.points_to_redeem:
+            value = program.at(at_ms).value_of_points(request.points_to_redeem,
+                                                      request.currency)
+            if value is None or value >= request.amount_minor:
+                text = ("the program gives points no value in this currency" if value is None
+                        else "the points cover the whole amount: pay with payment_method "
+                             "POINTS")
+                decline(response, common_pb2.RESPONSE_CODE_12_INVALID_TRANSACTION,
+                        "loyalty.points_value", text)
+                return request.amount_minor, ""
+        card_amount = request.amount_minor - value
+        purchase = Purchase(card_amount, request.currency, request.mcc, request.merchant_id,
+                            request.merchant_country, request.channel, request.payment_method,
+                            at_ms)
+        plan, _ = await self._loyalty.authorization_plan(link[0], member, purchase,
+                                                         request.points_to_redeem)
+        plan["redeem_value"] = value
+        return card_amount, json.dumps(plan)
 
     async def _unknown_card(self, request: authorizer_pb2.AuthorizeRequest, fingerprint: str,
                             now: float) -> authorizer_pb2.AuthorizeResponse:
@@ -235,8 +307,19 @@ def _answer(response: authorizer_pb2.AuthorizeResponse,
     if result.status == "replay":
         response = authorizer_pb2.AuthorizeResponse.FromString(answer.base)
         response.replayed = True
-    return apply_outcome(response, answer.outcome, answer.approved, answer.authorization_id,
-                         answer.decided_ms)
+    return _with_points(apply_outcome(response, answer.outcome, answer.approved,
+                                      answer.authorization_id, answer.decided_ms), answer)
+
+
+def _with_points(response: authorizer_pb2.AuthorizeResponse,
+                 answer: StoredAnswer) -> authorizer_pb2.AuthorizeResponse:
+    """Add the loyalty points the commit moved; the points' value is part of the
+    approved amount (the card pays the rest)."""
+    response.points_earned = answer.points_earned
+    response.points_redeemed = answer.points_redeemed
+    if answer.approved and answer.redeemed_value:
+        response.approved_amount_minor = answer.approved + answer.redeemed_value
+    return response
 
 
 def _event(request: authorizer_pb2.AuthorizeRequest, response: authorizer_pb2.AuthorizeResponse,

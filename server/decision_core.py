@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from payauth.core import CompiledPolicy, TreeEnsemble, compile_policy
@@ -113,6 +114,9 @@ class CoreRegistry:
         self._store = store
         self._reloading = asyncio.Lock()
         self.current = DecisionCore()
+        # Told of loyalty program announcements ("program:<id>" -> the id; None when the
+        # subscription (re)starts and any announcement may have been missed).
+        self.on_program_change: Callable[[str | None], None] = lambda program_id: None
 
     async def reload(self) -> None:
         """Compile the active policy and model from Redis and swap them in together.
@@ -145,10 +149,16 @@ class CoreRegistry:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(keys.CONFIG_CHANNEL)
+                self.on_program_change(None)
                 await self.reload()
                 while not stopping.is_set():
                     message = await pubsub.get_message(timeout=0.5)
-                    if message is not None:
+                    if message is None:
+                        continue
+                    data = message.get("data") or b""
+                    if isinstance(data, bytes) and data.startswith(b"program:"):
+                        self.on_program_change(data[len(b"program:"):].decode())
+                    else:
                         await self.reload()
             except Exception:  # noqa: BLE001 - keep serving with the last good core
                 log.exception("policy/model watch failed; reconnecting")

@@ -1,4 +1,5 @@
-"""The sweeper that releases expired holds, run in every worker.
+"""The sweeper that releases expired holds and expires loyalty point lots, run in
+every worker.
 
 Each worker sweeps its share of the partitions (partition % workers == index)
 every interval; servers on other nodes sweep the same partitions too. That
@@ -18,7 +19,8 @@ from redis.exceptions import RedisError
 
 from payauth.server import keys
 from payauth.server.clock import Clock
-from payauth.server.metrics import EXPIRED_HOLDS
+from payauth.server.loyalty_store import LoyaltyStore
+from payauth.server.metrics import EXPIRED_HOLDS, LOYALTY_POINTS
 from payauth.server.store import Store
 
 log = logging.getLogger(__name__)
@@ -28,15 +30,38 @@ class ExpirySweeper:
     """Releases the expired holds of a set of partitions."""
 
     def __init__(self, store: Store, clock: Clock, interval_s: float, worker_index: int = 0,
-                 worker_count: int = 1) -> None:
+                 worker_count: int = 1, loyalty: LoyaltyStore | None = None) -> None:
         self._store = store
         self._clock = clock
         self._interval_s = interval_s
         self._partitions = list(range(worker_index, keys.PARTITIONS, worker_count))
+        self._loyalty = loyalty
 
     async def sweep_once(self) -> int:
-        """Release every hold of this sweeper's partitions that is due; return how many."""
-        now_ms = int(self._clock() * 1000)
+        """Release every hold of this sweeper's partitions that is due, then expire the
+        loyalty point lots that are due; return how many holds were released."""
+        released = await self._release_holds(int(self._clock() * 1000))
+        if self._loyalty is not None:
+            await self.expire_points(int(self._clock() * 1000))
+        return released
+
+    async def expire_points(self, now_ms: int) -> int:
+        """Expire the due point lots of this sweeper's partitions; the points expired.
+        Each lot is removed by the Function call that expires it, so racing sweepers
+        expire it once."""
+        assert self._loyalty is not None
+        total = 0
+        while True:
+            due = await self._loyalty.due_lots(self._partitions, now_ms)
+            if not due:
+                return total
+            expired = [await self._loyalty.expire_lots(p, program_id, member_id, now_ms)
+                       for p, program_id, member_id in due]
+            for (_, program_id, _), points in zip(due, expired, strict=True):
+                LOYALTY_POINTS.labels(program_id, "-", "expired").inc(points)
+            total += sum(expired)
+
+    async def _release_holds(self, now_ms: int) -> int:
         released = 0
         while True:
             due = await self._store.due_holds(self._partitions, now_ms)

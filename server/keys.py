@@ -115,3 +115,33 @@ def partition_from_authorization_id(authorization_id: str) -> int:
     if not head.startswith("A") or not head[1:].isdigit():
         raise ValueError("not a payauth authorization id")
     return int(head[1:])
+
+
+# Loyalty (functions/loyalty.lua names the rest of a member's keys the same way). A member
+# lives in one partition: its linked account's, or its member id's when it has no account.
+
+def loyalty_program(program_id: str) -> str:
+    """HASH: a loyalty program's versions (field "v<N>": serialized LoyaltyProgram), the
+    latest version and its content hash."""
+    return f"{{config}}:lprog:{program_id}"
+
+
+def member(partition: int, program_id: str, member_id: str) -> str:
+    """HASH: a member's balance, lifetime totals, ledger sequence, state and profile."""
+    return f"lmem:{{p{partition}}}:{program_id}:{member_id}"
+
+
+def member_ledger(partition: int, program_id: str, member_id: str) -> str:
+    """STREAM: the member's points ledger, append-only."""
+    return f"lled:{{p{partition}}}:{program_id}:{member_id}"
+
+
+def member_index(program_id: str, member_id: str) -> str:
+    """STRING: the partition a member lives in, in the partition of its member id."""
+    return f"lidx:{{p{partition_of(member_id)}}}:{program_id}:{member_id}"
+
+
+def point_lots_due(partition: int) -> str:
+    """ZSET: the partition's members that hold expiring lots ("program\\tmember"), scored by
+    their earliest expiry (ms), for the sweeper."""
+    return f"lexp:{{p{partition}}}"

@@ -177,7 +177,7 @@ class Lifecycle:
             refund_id=r.operation_id, status=STATUSES[r.status], refunded_amount_minor=r.amount,
             total_refunded_minor=r.refunded, total_captured_minor=r.captured,
             refundable_remaining_minor=r.captured - r.refunded, currency=r.currency,
-            replayed=reply.status == "replay")
+            points_reversed=r.points, replayed=reply.status == "replay")
         response.refunded_at.FromMilliseconds(r.at_ms)
         return response
 

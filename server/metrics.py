@@ -39,6 +39,10 @@ STAND_IN = Counter("payauth_stand_in_decisions", "Decisions taken under the stan
 REDIS_LATENCY = Histogram("payauth_redis_latency_seconds", "Time of one Redis round trip, by "
                           "operation", ("operation",), buckets=LATENCY_BUCKETS)
 EXPIRED_HOLDS = Counter("payauth_expired_holds", "Holds released by the expiry sweeper")
+LOYALTY_POINTS = Counter("payauth_loyalty_points", "Loyalty points moved through the Loyalty "
+                         "API and the expiry sweeper, by program, A/B variant ('-' without a "
+                         "test) and movement (issued, redeemed, expired, adjusted_in, "
+                         "adjusted_out)", ["program", "variant", "movement"])
 
 
 def count_decision(response: authorizer_pb2.AuthorizeResponse,

@@ -55,6 +55,21 @@ _OUTCOMES: dict[str, tuple[int, int, str, str]] = {
                          common_pb2.RESPONSE_CODE_12_INVALID_TRANSACTION,
                          "authorization.closed", "the original authorization holds nothing any "
                          "more (captured, reversed or expired)"),
+    "points_insufficient": (common_pb2.DECISION_DECLINE,
+                            common_pb2.RESPONSE_CODE_51_INSUFFICIENT_FUNDS,
+                            "loyalty.insufficient_points", "the member has fewer points "
+                            "available than points_to_redeem"),
+    "points_blocked": (common_pb2.DECISION_DECLINE,
+                       common_pb2.RESPONSE_CODE_57_NOT_PERMITTED_TO_CARDHOLDER,
+                       "loyalty.redemption_blocked", "the member may not redeem (fraud hold, "
+                       "suspended or closed)"),
+    "points_limit": (common_pb2.DECISION_DECLINE,
+                     common_pb2.RESPONSE_CODE_65_EXCEEDS_FREQUENCY_LIMIT,
+                     "loyalty.abuse_limit", "the redemption exceeds the program's abuse limits; "
+                     "the member is on fraud hold"),
+    "points_no_member": (common_pb2.DECISION_DECLINE,
+                         common_pb2.RESPONSE_CODE_57_NOT_PERMITTED_TO_CARDHOLDER,
+                         "loyalty.not_member", "the account's loyalty member is not enrolled"),
 }
 
 

@@ -15,8 +15,9 @@ from redis.exceptions import RedisError
 from payauth.server.accounts import Accounts
 from payauth.server.authorize import AuthorizePipeline
 from payauth.server.authorize_stream import authorize_stream
-from payauth.server.errors import translate_errors, unimplemented
+from payauth.server.errors import PayauthError, translate_errors, unimplemented
 from payauth.server.lifecycle import Lifecycle
+from payauth.server.loyalty import LoyaltyEngine
 from payauth.server.metrics import count_decision
 from payauth.server.policies import IssuerPolicies
 from payauth.v1 import (
@@ -25,11 +26,10 @@ from payauth.v1 import (
     issuer_pb2,
     issuer_pb2_grpc,
     lifecycle_pb2,
+    loyalty_pb2,
     loyalty_pb2_grpc,
     policy_pb2,
 )
-
-LOYALTY = "The loyalty points engine"
 
 
 async def _refuse(context: grpc.aio.ServicerContext, what: str) -> None:
@@ -150,25 +150,61 @@ class IssuerControl(issuer_pb2_grpc.IssuerControlServicer):
 
 
 class Loyalty(loyalty_pb2_grpc.LoyaltyServicer):
-    """payauth.v1.Loyalty: answered UNIMPLEMENTED until the points engine is served."""
+    """payauth.v1.Loyalty: the loyalty system's calls."""
 
-    async def UpsertProgram(self, request, context):  # noqa: N802, ANN001
-        await _refuse(context, f"{LOYALTY} (UpsertProgram)")
+    def __init__(self, engine: LoyaltyEngine) -> None:
+        self._engine = engine
 
-    async def GetBalance(self, request, context):  # noqa: N802, ANN001
-        await _refuse(context, f"{LOYALTY} (GetBalance)")
+    @translate_errors
+    async def UpsertProgram(  # noqa: N802
+        self, request: loyalty_pb2.UpsertProgramRequest, context: grpc.aio.ServicerContext
+    ) -> loyalty_pb2.UpsertProgramResponse:
+        return await self._engine.upsert_program(request)
 
-    async def Earn(self, request, context):  # noqa: N802, ANN001
-        await _refuse(context, f"{LOYALTY} (Earn)")
+    @translate_errors
+    async def UpsertMember(  # noqa: N802
+        self, request: loyalty_pb2.UpsertMemberRequest, context: grpc.aio.ServicerContext
+    ) -> loyalty_pb2.UpsertMemberResponse:
+        return await self._engine.upsert_member(request)
 
-    async def Redeem(self, request, context):  # noqa: N802, ANN001
-        await _refuse(context, f"{LOYALTY} (Redeem)")
+    @translate_errors
+    async def GetBalance(  # noqa: N802
+        self, request: loyalty_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> loyalty_pb2.GetBalanceResponse:
+        return await self._engine.get_balance(request)
 
-    async def Adjust(self, request, context):  # noqa: N802, ANN001
-        await _refuse(context, f"{LOYALTY} (Adjust)")
+    @translate_errors
+    async def Earn(  # noqa: N802
+        self, request: loyalty_pb2.EarnRequest, context: grpc.aio.ServicerContext
+    ) -> loyalty_pb2.EarnResponse:
+        return await self._engine.earn(request)
 
-    async def ListActivity(self, request, context):  # noqa: N802, ANN001
-        await _refuse(context, f"{LOYALTY} (ListActivity)")
+    @translate_errors
+    async def Redeem(  # noqa: N802
+        self, request: loyalty_pb2.RedeemRequest, context: grpc.aio.ServicerContext
+    ) -> loyalty_pb2.RedeemResponse:
+        return await self._engine.redeem(request)
 
-    async def WatchBalance(self, request, context):  # noqa: N802, ANN001
-        await _refuse(context, f"{LOYALTY} (WatchBalance)")
+    @translate_errors
+    async def Adjust(  # noqa: N802
+        self, request: loyalty_pb2.AdjustRequest, context: grpc.aio.ServicerContext
+    ) -> loyalty_pb2.AdjustResponse:
+        return await self._engine.adjust(request)
+
+    @translate_errors
+    async def ListActivity(  # noqa: N802
+        self, request: loyalty_pb2.ListActivityRequest, context: grpc.aio.ServicerContext
+    ) -> loyalty_pb2.ListActivityResponse:
+        return await self._engine.list_activity(request)
+
+    async def WatchBalance(  # noqa: N802
+        self, request: loyalty_pb2.WatchBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[loyalty_pb2.BalanceUpdate]:
+        try:
+            async for update in self._engine.watch_balance(request):
+                yield update
+        except PayauthError as exc:
+            await context.abort_with_status(exc.to_status())
+        except RedisError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"the state store failed; resume from the last cursor: {exc}")

@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 1024
 READ_LATENCY = REDIS_LATENCY.labels("authorize_read")
 COMMIT_LATENCY = REDIS_LATENCY.labels("authorize_commit")
-LIBRARY_CODE = (files("payauth.server.functions") / "payauth.lua").read_text()
+# One library: the loyalty engine is appended, so that the authorization and lifecycle
+# functions move points in the same atomic call as money.
+LIBRARY_CODE = "\n".join((files("payauth.server.functions") / name).read_text()
+                         for name in ("payauth.lua", "loyalty.lua"))
 
 _ACCOUNT_KINDS = {
     common_pb2.ACCOUNT_KIND_DEBIT: "debit",
@@ -115,6 +118,9 @@ class StoredAnswer:
     authorization_id: str
     decided_ms: int
     base: bytes
+    points_earned: int = 0
+    points_redeemed: int = 0
+    redeemed_value: int = 0  # money value of the points redeemed, in the purchase's currency
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +143,8 @@ class AuthorizationSnapshot:
     claim_answer: StoredAnswer | None  # an unrouted answer stored on the claim
     reversed_early: bool  # a reversal for this request_id arrived before it
     pan_token: str | None  # what the PAN index points to now (PAN requests)
+    loyalty_link: tuple[str, str] | None = None  # (program, member) of the account
+    member: list | None = None  # the member's raw loyalty_read reply, when asked for
 
 
 def _s(value: bytes | None) -> str:
@@ -175,17 +183,22 @@ def _account(account_id: str, fields: list[bytes | None]) -> AccountRecord | Non
 
 _ACCOUNT_FIELDS = ("kind", "status", "currency", "balance", "limit", "held", "updated_ms")
 _CARD_FIELDS = ("account_id", "status", "exp_year", "exp_month", "pan_hash")
-_IDEM_FIELDS = ("fp", "outcome", "approved", "auth_id", "decided_ms", "base")
+_LINK_FIELDS = ("loyalty_program", "loyalty_member")
+_IDEM_FIELDS = ("fp", "outcome", "approved", "auth_id", "decided_ms", "base", "points")
 
 
 def _answer(outcome: bytes, approved: bytes, auth_id: bytes, decided_ms: bytes,
-            base: bytes) -> StoredAnswer:
+            base: bytes, points: bytes | None = None) -> StoredAnswer:
+    earned, redeemed, value = (points or b"0|0|0").decode().split("|")
     return StoredAnswer(
         outcome=outcome.decode(),
         approved=int(approved),
         authorization_id=auth_id.decode(),
         decided_ms=int(decided_ms),
         base=base,
+        points_earned=int(earned),
+        points_redeemed=int(redeemed),
+        redeemed_value=int(value),
     )
 
 
@@ -207,6 +220,7 @@ class LifecycleResult:
     currency: str
     expires_ms: int
     found: bool
+    points: int = 0  # loyalty points the operation posted, removed or took back
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +245,7 @@ def _lifecycle_reply(reply: list[bytes]) -> LifecycleReply:
         status=f[0], amount=int(f[1]), captured=int(f[2]), held=int(f[3]), released=int(f[4]),
         over=int(f[5]), refunded=int(f[6]), reversed=int(f[7]), operation_id=f[8],
         at_ms=int(f[9]), authorization_id=f[10], currency=f[11], expires_ms=int(f[12]),
-        found=f[13] == "1"))
+        found=f[13] == "1", points=int(f[14]) if len(f) > 14 else 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +268,7 @@ def _commit_result(reply: list[bytes]) -> CommitResult:
         return CommitResult("conflict", None)
     outcome, approved, auth_id, decided_ms = reply[1:5]
     base = reply[5] if status == "replay" else b""
-    return CommitResult(status, _answer(outcome, approved, auth_id, decided_ms, base))
+    return CommitResult(status, _answer(outcome, approved, auth_id, decided_ms, base, reply[6]))
 
 
 class Store:
@@ -344,18 +358,24 @@ class Store:
         fingerprint: str,
         claim_ttl_ms: int,
         pan_hash: str | None,
+        member: tuple[str, str] | None = None,
     ) -> AuthorizationSnapshot:
-        """One pipeline: card, account, stored answer, request_id claim (set when new)."""
+        """One pipeline: card, account (with its loyalty link), stored answer, request_id
+        claim (set when new), and the account's loyalty member when `member` (program,
+        member id) names it."""
         partition = keys.partition_of(account_id)
         claim = keys.request_claim(request_id)
         commands: list[tuple] = [
             ("HMGET", keys.card(card_token), *_CARD_FIELDS),
-            ("HMGET", keys.account(partition, account_id), *_ACCOUNT_FIELDS),
+            ("HMGET", keys.account(partition, account_id), *_ACCOUNT_FIELDS, *_LINK_FIELDS),
             ("HMGET", keys.idempotency(partition, request_id), *_IDEM_FIELDS),
             ("FCALL", "payauth_claim_request", 1, claim, fingerprint, claim_ttl_ms, account_id),
         ]
         if pan_hash is not None:
             commands.append(("GET", keys.pan_index(pan_hash)))
+        if member is not None:
+            commands.append(("FCALL", "payauth_loyalty_read", 1,
+                             keys.member(partition, *member), keys.tag(partition), *member))
         started = time.perf_counter()
         replies = await self._batcher.run(commands)
         READ_LATENCY.observe(time.perf_counter() - started)
@@ -369,15 +389,20 @@ class Store:
         claim_answer = None
         if claim_f[1] is not None:
             claim_answer = StoredAnswer("final", 0, "", int(claim_f[2]), claim_f[1])
+        link = None
+        if acct_f[len(_ACCOUNT_FIELDS)] is not None:
+            link = (acct_f[-2].decode(), acct_f[-1].decode())
         return AuthorizationSnapshot(
             card=_card(card_token, card_f),
-            account=_account(account_id, acct_f),
+            account=_account(account_id, acct_f[:len(_ACCOUNT_FIELDS)]),
             stored=stored,
             stored_fingerprint=_s(idem_f[0]) or None,
             claim_fingerprint=_s(claim_f[0]) or None,
             claim_answer=claim_answer,
             reversed_early=claim_f[3] is not None,
             pan_token=_s(replies[4]) or None if pan_hash is not None else None,
+            loyalty_link=link,
+            member=replies[-1] if member is not None else None,
         )
 
     async def commit_authorization(
@@ -401,6 +426,7 @@ class Store:
         idempotency_ttl_ms: int,
         base: bytes,
         event: bytes,
+        loyalty: str = "",
     ) -> CommitResult:
         """The atomic commit: re-check funds, hold (mode 'hold'), raise a hold (mode
         'increment') or record a decision taken (mode 'final'); store the answer; append
@@ -414,7 +440,7 @@ class Store:
                 keys.tag(p), request_id, fingerprint, mode, amount, "1" if partial_ok else "0",
                 now_ms, expires_ms, authorization_id, idempotency_ttl_ms, base, event,
                 account_id, merchant_id, currency, card_token, mcc, tolerance_bps,
-                max_expires_ms,
+                max_expires_ms, loyalty,
             ],
         )
         COMMIT_LATENCY.observe(time.perf_counter() - started)

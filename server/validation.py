@@ -33,7 +33,7 @@ DEFAULT_MAX_HOLDS = 100
 MAX_HOLDS = 1000
 
 
-class _Violations:
+class Violations:
     """Collects the violations of one request."""
 
     __slots__ = ("items",)
@@ -103,7 +103,7 @@ class _Violations:
 def check_authorize(request: authorizer_pb2.AuthorizeRequest, now_s: float,
                     max_future_s: int, max_past_s: int) -> None:
     """Raise InvalidArgument listing every rule the request breaks."""
-    v = _Violations()
+    v = Violations()
     v.identifier("request_id", request.request_id)
     if request.pan and request.card_token:
         v.add("pan", "exactly one of pan and card_token must be set, not both")
@@ -153,7 +153,7 @@ def check_authorize(request: authorizer_pb2.AuthorizeRequest, now_s: float,
 
 def check_upsert_account(request: issuer_pb2.UpsertAccountRequest) -> None:
     """Raise InvalidArgument listing every rule the request breaks."""
-    v = _Violations()
+    v = Violations()
     v.identifier("account_id", request.account_id)
     v.enum("kind", request.kind, common_pb2.AccountKind)
     v.enum("status", request.status, common_pb2.AccountStatus)
@@ -167,7 +167,7 @@ def check_upsert_account(request: issuer_pb2.UpsertAccountRequest) -> None:
 
 def check_upsert_card(request: issuer_pb2.UpsertCardRequest) -> None:
     """Raise InvalidArgument listing every rule the request breaks."""
-    v = _Violations()
+    v = Violations()
     if request.card_token:
         v.identifier("card_token", request.card_token)
     elif not request.pan:
@@ -187,7 +187,7 @@ def check_upsert_card(request: issuer_pb2.UpsertCardRequest) -> None:
 
 def check_set_card_status(request: issuer_pb2.SetCardStatusRequest) -> None:
     """Raise InvalidArgument listing every rule the request breaks."""
-    v = _Violations()
+    v = Violations()
     v.identifier("card_token", request.card_token)
     v.enum("status", request.status, common_pb2.CardStatus)
     v.text("reason", request.reason, MAX_REASON)
@@ -196,7 +196,7 @@ def check_set_card_status(request: issuer_pb2.SetCardStatusRequest) -> None:
 
 def check_get_account(request: issuer_pb2.GetAccountRequest) -> None:
     """Raise InvalidArgument listing every rule the request breaks."""
-    v = _Violations()
+    v = Violations()
     v.identifier("account_id", request.account_id)
     if not 0 <= request.max_holds <= MAX_HOLDS:
         v.add("max_holds", f"must be between 0 and {MAX_HOLDS}")
@@ -205,7 +205,7 @@ def check_get_account(request: issuer_pb2.GetAccountRequest) -> None:
 
 def check_capture(request: lifecycle_pb2.CaptureRequest) -> None:
     """Raise InvalidArgument listing every rule the request breaks."""
-    v = _Violations()
+    v = Violations()
     v.identifier("request_id", request.request_id)
     v.authorization_id("authorization_id", request.authorization_id)
     v.amount("amount_minor", request.amount_minor, positive=True)
@@ -225,7 +225,7 @@ def check_capture(request: lifecycle_pb2.CaptureRequest) -> None:
 
 def check_reverse(request: lifecycle_pb2.ReverseRequest) -> None:
     """Raise InvalidArgument listing every rule the request breaks."""
-    v = _Violations()
+    v = Violations()
     v.identifier("request_id", request.request_id)
     if request.authorization_id:
         v.authorization_id("authorization_id", request.authorization_id)
@@ -246,7 +246,7 @@ def check_reverse(request: lifecycle_pb2.ReverseRequest) -> None:
 
 def check_refund(request: lifecycle_pb2.RefundRequest) -> None:
     """Raise InvalidArgument listing every rule the request breaks."""
-    v = _Violations()
+    v = Violations()
     v.identifier("request_id", request.request_id)
     v.authorization_id("authorization_id", request.authorization_id)
     if request.capture_id:
@@ -261,7 +261,7 @@ def check_refund(request: lifecycle_pb2.RefundRequest) -> None:
 
 def check_extend_hold(request: lifecycle_pb2.ExtendHoldRequest) -> None:
     """Raise InvalidArgument listing every rule the request breaks."""
-    v = _Violations()
+    v = Violations()
     v.identifier("request_id", request.request_id)
     v.authorization_id("authorization_id", request.authorization_id)
     v.timestamp("expires_at", request.expires_at)

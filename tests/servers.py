@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import redis
+from google.protobuf.timestamp_pb2 import Timestamp
 
 REDIS_SERVER = shutil.which("redis-server") or "redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "redis-cli"
@@ -194,3 +195,26 @@ class PayauthProcess:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         return self.process.wait(timeout_s)
+
+
+class ServerClock:
+    """The time the server reads from its --clock-file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.now = time.time()
+        self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(f"{self.now:.3f}")
+        tmp.replace(self.path)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self._write()
+
+    def timestamp(self, offset: float = 0) -> Timestamp:
+        ts = Timestamp()
+        ts.FromMilliseconds(int((self.now + offset) * 1000))
+        return ts

@@ -7,11 +7,9 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from payauth.clients import (
     AcquirerClient,
@@ -26,33 +24,10 @@ from payauth.clients import (
 from payauth.server import keys
 from payauth.v1 import common_pb2, lifecycle_pb2
 from tests.conftest import authorize_request, issue_card, open_account, unique
-from tests.servers import PayauthProcess, RedisProcess, wait_until
+from tests.servers import PayauthProcess, RedisProcess, ServerClock, wait_until
 
 S = lifecycle_pb2
 DAY = 24 * 3600
-
-
-class ServerClock:
-    """The time the server reads from its --clock-file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.now = time.time()
-        self._write()
-
-    def _write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(f"{self.now:.3f}")
-        tmp.replace(self.path)
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        self._write()
-
-    def timestamp(self, offset: float = 0) -> Timestamp:
-        ts = Timestamp()
-        ts.FromMilliseconds(int((self.now + offset) * 1000))
-        return ts
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ from payauth.clients import AcquirerClient, FailedPreconditionError, IssuerClien
 from payauth.server.reconcile import reconcile
 from payauth.server.store import Store
 from tests.conftest import authorize_request, issue_card, open_account, unique
-from tests.servers import PayauthProcess, RedisProcess, wait_until
-from tests.test_lifecycle import DAY, ServerClock
+from tests.servers import PayauthProcess, RedisProcess, ServerClock, wait_until
+from tests.test_lifecycle import DAY
 
 ACCOUNTS = 3
 BALANCE = 50_000

@@ -23,6 +23,11 @@ local function fmt(n)
   return string.format('%d', n)
 end
 
+-- The loyalty engine (functions/loyalty.lua, appended to this library when it
+-- is loaded) fills this table; the authorization and lifecycle functions call
+-- it so that points move in the same call as money.
+local loyalty = {}
+
 local function k_account(tag, id) return 'acct:' .. tag .. ':' .. id end
 local function k_holds(tag, id) return 'holds:' .. tag .. ':' .. id end
 local function k_hold(tag, auth_id) return 'hold:' .. tag .. ':' .. auth_id end
@@ -109,16 +114,18 @@ end
 Lifecycle answers are a fixed list, stored whole in the operation's
 idempotency record and returned after 'new' or 'replay':
   status, amount, captured, held, released, over, refunded, reversed,
-  operation id, at (ms), authorization id, currency, expires (ms), found ('1'/'0')
+  operation id, at (ms), authorization id, currency, expires (ms), found ('1'/'0'),
+  loyalty points moved (posted by a capture, removed by a release, taken back by a refund)
 --]]
-local function lifecycle_result(h, auth_id, amount, released, over, op_id, now_ms, found)
+local function lifecycle_result(h, auth_id, amount, released, over, op_id, now_ms, found,
+                                points)
   if h == nil then
     return {'reversed_before_authorization', '0', '0', '0', '0', '0', '0', '0', op_id, now_ms,
-            auth_id, '', '0', found}
+            auth_id, '', '0', found, '0'}
   end
   return {status_of(h), fmt(amount), fmt(h.captured), fmt(h.held), fmt(released), fmt(over),
           fmt(h.refunded), fmt(h.reversed), op_id, now_ms, auth_id, h.currency or '',
-          fmt(h.expires_ms), found}
+          fmt(h.expires_ms), found, fmt(points or 0)}
 end
 
 local function store_result(idem_key, fingerprint, result, ttl_ms)
@@ -175,13 +182,17 @@ ARGV: 1 partition tag, 2 request_id, 3 fingerprint, 4 mode ('hold' to decide
       11 response without the funds outcome (serialized AuthorizeResponse),
       12 event without the funds outcome (serialized DecisionEvent),
       13 account id, 14 merchant id, 15 currency, 16 card token, 17 mcc,
-      18 over-capture tolerance (basis points), 19 latest expiry an extension may reach (ms)
-Returns {'new', outcome, approved, auth_id, decided_ms, event_id},
-        {'replay', outcome, approved, auth_id, decided_ms, base} or {'conflict'}.
+      18 over-capture tolerance (basis points), 19 latest expiry an extension may reach (ms),
+      20 loyalty (JSON, '' for none: program, member, version, variant, redeem points,
+      redeem_value, limits, expiry_ms, plan = the earn plan or false)
+Returns {'new', outcome, approved, auth_id, decided_ms, event_id, points},
+        {'replay', outcome, approved, auth_id, decided_ms, base, points} or {'conflict'};
+points is 'earned|redeemed|value of the points redeemed'.
 Outcomes: 'approved', 'partial', 'insufficient', 'account_closed',
 'account_frozen', 'account_missing', 'currency_mismatch', 'reversed_early',
-'increment_unknown', 'increment_closed' and 'final' (the base response is the
-whole answer).
+'increment_unknown', 'increment_closed', 'points_insufficient',
+'points_blocked', 'points_limit', 'points_no_member' and 'final' (the base
+response is the whole answer).
 --]]
 local function authorize_commit(keys, args)
   local account_key, idem_key = keys[1], keys[2]
@@ -194,12 +205,12 @@ local function authorize_commit(keys, args)
   local account_id, merchant_id, currency = args[13], args[14], args[15]
 
   local rec = redis.call('HMGET', idem_key, 'fp', 'outcome', 'approved', 'auth_id', 'decided_ms',
-                         'base')
+                         'base', 'points')
   if rec[1] then
     if rec[1] ~= fingerprint or not rec[2] then
       return {'conflict'}
     end
-    return {'replay', rec[2], rec[3], rec[4], rec[5], rec[6]}
+    return {'replay', rec[2], rec[3], rec[4], rec[5], rec[6], rec[7] or '0|0|0'}
   end
 
   local outcome, approved = 'final', 0
@@ -242,6 +253,34 @@ local function authorize_commit(keys, args)
     end
   end
 
+  -- Loyalty: the points paying part of the purchase are redeemed first (a refusal
+  -- declines the purchase and holds nothing), then the purchase earns, pending
+  -- until captured; both are recorded on the hold for its lifecycle.
+  local lp = args[20] ~= '' and cjson.decode(args[20]) or nil
+  local earned, redeemed, redeem_entry, earn_entry = 0, 0, '', ''
+  local member = nil
+  if approved > 0 and lp then
+    member = loyalty.read_member(tag, lp.program, lp.member)
+    if member == nil and lp.redeem > 0 then
+      outcome, approved = 'points_no_member', 0
+    elseif member ~= nil and lp.redeem > 0 then
+      local got, entry, why = loyalty.redeem(
+        member, lp.redeem, false, lp.limits,
+        {reason = 'paid toward a purchase', req = request_id, auth = auth_id,
+         ver = lp.version, var = lp.variant}, now_ms)
+      if why then
+        outcome, approved = 'points_' .. why, 0
+      else
+        redeemed, redeem_entry = got, entry
+      end
+    end
+  end
+  if approved > 0 and member ~= nil and lp.plan then
+    local res = loyalty.earn(member, lp.plan, approved, amount, false, request_id, auth_id,
+                             now_ms)
+    earned, earn_entry = res.points, res.entry
+  end
+
   if approved > 0 then
     redis.call('HINCRBY', account_key, 'held', fmt(approved))
     redis.call('HSET', account_key, 'updated_ms', now_ms)
@@ -259,6 +298,12 @@ local function authorize_commit(keys, args)
                  'max_expires_ms', args[19], 'closed', '')
       redis.call('ZADD', k_holds(tag, account_id), expires_ms, auth_id)
       redis.call('ZADD', k_expiries(tag), expires_ms, auth_id)
+      if member ~= nil then
+        redis.call('HSET', k_hold(tag, auth_id), 'l_prog', lp.program, 'l_mem', lp.member,
+                   'l_earn', fmt(earned), 'l_earn_entry', earn_entry,
+                   'l_redeem', fmt(redeemed), 'l_redeem_entry', redeem_entry,
+                   'l_state', 'pending', 'l_expiry_ms', fmt(lp.expiry_ms))
+      end
     end
     ledger(tag, account_id, mode == 'increment' and 'increment' or 'hold', approved, 0, approved,
            auth_id, request_id, now_ms)
@@ -268,13 +313,15 @@ local function authorize_commit(keys, args)
     auth_id = ''
   end
 
+  local points = fmt(earned) .. '|' .. fmt(redeemed) .. '|' ..
+                 fmt(redeemed > 0 and lp.redeem_value or 0)
   redis.call('HSET', idem_key, 'fp', fingerprint, 'outcome', outcome, 'approved', fmt(approved),
-             'auth_id', auth_id, 'decided_ms', now_ms, 'base', base)
+             'auth_id', auth_id, 'decided_ms', now_ms, 'base', base, 'points', points)
   redis.call('PEXPIRE', idem_key, idem_ttl_ms)
   local event_id = redis.call('XADD', k_events(tag), '*', 'kind', 'authorization',
                               'outcome', outcome, 'approved', fmt(approved), 'auth_id', auth_id,
-                              'decided_ms', now_ms, 'event', event)
-  return {'new', outcome, fmt(approved), auth_id, now_ms, event_id}
+                              'decided_ms', now_ms, 'event', event, 'points', points)
+  return {'new', outcome, fmt(approved), auth_id, now_ms, event_id, points}
 end
 
 --[[
@@ -296,14 +343,14 @@ local function record_unrouted(keys, args)
     return {'conflict'}
   end
   if rec[2] then
-    return {'replay', 'final', '0', '', rec[3], rec[2]}
+    return {'replay', 'final', '0', '', rec[3], rec[2], '0|0|0'}
   end
   redis.call('HSET', claim_key, 'fp', fingerprint, 'base', base, 'decided_ms', now_ms)
   redis.call('PEXPIRE', claim_key, ttl_ms)
   local event_id = redis.call('XADD', k_events(tag), '*', 'kind', 'authorization',
                               'outcome', 'final', 'approved', '0', 'auth_id', '',
                               'decided_ms', now_ms, 'event', event)
-  return {'new', 'final', '0', '', now_ms, event_id}
+  return {'new', 'final', '0', '', now_ms, event_id, '0|0|0'}
 end
 
 --[[
@@ -355,6 +402,7 @@ local function capture(keys, args)
   end
   redis.call('HSET', account_key, 'updated_ms', now_ms)
   save_hold(hold_key, h, now_ms)
+  local points = loyalty.on_hold(tag, h, hold_key, 'capture', 0, 0, request_id, auth_id, now_ms)
   redis.call('RPUSH', k_settle(tag, day), cjson.encode({
     kind = 'capture', merchant_id = h.merchant_id, id = capture_id, authorization_id = auth_id,
     amount_minor = fmt(amount), currency = h.currency, at_ms = now_ms,
@@ -362,7 +410,7 @@ local function capture(keys, args)
   lifecycle_event(tag, 'capture', h, auth_id, request_id, amount, now_ms)
   return store_result(idem_key, fingerprint,
                       lifecycle_result(h, auth_id, amount, released, over, capture_id, now_ms,
-                                       '1'), ttl_ms)
+                                       '1', points), ttl_ms)
 end
 
 -- Reverse `amount` (0: all that is held) of a hold; the shared part of both reversals.
@@ -378,6 +426,9 @@ local function reverse_hold(tag, hold_key, auth_id, request_id, amount, now_ms)
   ledger(tag, h.account_id, 'reversal', amount, 0, -amount, auth_id, request_id, now_ms)
   redis.call('HSET', k_account(tag, h.account_id), 'updated_ms', now_ms)
   save_hold(hold_key, h, now_ms)
+  if h.held == 0 and h.captured == 0 then
+    h.points = loyalty.on_hold(tag, h, hold_key, 'release', 0, 0, request_id, auth_id, now_ms)
+  end
   lifecycle_event(tag, 'reversal', h, auth_id, request_id, amount, now_ms)
   return h, amount
 end
@@ -405,8 +456,8 @@ local function reverse(keys, args)
   local h, reversed = reverse_hold(tag, hold_key, auth_id, request_id, amount, now_ms)
   if h == nil then return reversed end
   return store_result(idem_key, fingerprint,
-                      lifecycle_result(h, auth_id, reversed, 0, 0, request_id, now_ms, '1'),
-                      ttl_ms)
+                      lifecycle_result(h, auth_id, reversed, 0, 0, request_id, now_ms, '1',
+                                       h.points), ttl_ms)
 end
 
 --[[
@@ -476,8 +527,8 @@ local function reverse_original(keys, args)
                                    now_ms)
   if h == nil then return reversed end
   return store_result(idem_key, fingerprint,
-                      lifecycle_result(h, auth_id, reversed, 0, 0, request_id, now_ms, '1'),
-                      ttl_ms)
+                      lifecycle_result(h, auth_id, reversed, 0, 0, request_id, now_ms, '1',
+                                       h.points), ttl_ms)
 end
 
 --[[
@@ -509,13 +560,16 @@ local function refund(keys, args)
   h.refunded = h.refunded + amount
   save_hold(hold_key, h, now_ms)
   ledger(tag, h.account_id, 'refund', amount, balance_delta, 0, auth_id, request_id, now_ms)
+  local points = loyalty.on_hold(tag, h, hold_key, 'refund', amount, h.captured, request_id,
+                                 auth_id, now_ms)
   redis.call('RPUSH', k_settle(tag, day), cjson.encode({
     kind = 'refund', merchant_id = h.merchant_id, id = refund_id, authorization_id = auth_id,
     amount_minor = fmt(amount), currency = h.currency, at_ms = now_ms,
     account_id = h.account_id}))
   lifecycle_event(tag, 'refund', h, auth_id, request_id, amount, now_ms)
   return store_result(idem_key, fingerprint,
-                      lifecycle_result(h, auth_id, amount, 0, 0, refund_id, now_ms, '1'), ttl_ms)
+                      lifecycle_result(h, auth_id, amount, 0, 0, refund_id, now_ms, '1', points),
+                      ttl_ms)
 end
 
 --[[
@@ -575,6 +629,9 @@ local function expire(keys, args)
   ledger(tag, h.account_id, 'expiry', amount, 0, -amount, auth_id, '', now_ms)
   redis.call('HSET', k_account(tag, h.account_id), 'updated_ms', now_ms)
   save_hold(k_hold(tag, auth_id), h, now_ms)
+  if h.captured == 0 then
+    loyalty.on_hold(tag, h, k_hold(tag, auth_id), 'release', 0, 0, '', auth_id, now_ms)
+  end
   lifecycle_event(tag, 'expiry', h, auth_id, '', amount, now_ms)
   return 'expired'
 end
