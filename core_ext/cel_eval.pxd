@@ -1,6 +1,7 @@
 # The CEL evaluator's data as other modules of the core (policy_eval) cimport it: the tagged
 # value, the flat instruction, the compiled program and the per-evaluation scratch space.
 
+cimport cython
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
 
 
@@ -133,6 +134,8 @@ cdef class FillPlan:
     cdef _set_sources(self, sources)
 
 
+# Final: the fill's per-value helpers are called directly, not through a vtable.
+@cython.final
 cdef class Activation:
     cdef CelValue *slots
     cdef CelValue *_zero

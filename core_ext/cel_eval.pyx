@@ -15,6 +15,7 @@ says; int and uint arithmetic is checked; numbers of different kinds compare by 
 timestamps and durations follow cel-cpp's checked arithmetic.
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from cpython.dict cimport PyDict_GetItem, PyDict_GetItemWithError
@@ -2077,6 +2078,7 @@ cdef class FillPlan:
         free(self._group_parent)
 
 
+@cython.final
 cdef class Activation:
     """The typed input values of a program: one CelValue per input slot.
 

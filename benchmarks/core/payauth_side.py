@@ -17,6 +17,7 @@ call into the core, `CompiledPolicy.decide(context, model, plan, record)`:
 
 from __future__ import annotations
 
+import functools
 from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -165,8 +166,8 @@ class PayauthDecider:
                 fill_from(plan_vector, rec)
                 return ctx
 
-            def decide(rec: dict[str, Any]) -> Any:
-                return decide_core(ctx, model, plan_fill, rec)
+            # decide(record): bound with partial, no Python frame of its own per decision.
+            decide = functools.partial(decide_core, ctx, model, plan_fill)
 
             return {"fill": fill, "fill_context": fill_context, "build_vector": build_vector,
                     "decide": decide}
