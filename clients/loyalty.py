@@ -27,6 +27,7 @@ REDEEM = Rpc(_SERVICE, "Redeem", idempotent=True)
 ADJUST = Rpc(_SERVICE, "Adjust", idempotent=True)
 LIST_ACTIVITY = Rpc(_SERVICE, "ListActivity", idempotent=True)
 WATCH_BALANCE = Rpc(_SERVICE, "WatchBalance")
+GET_PROGRAM_FIGURES = Rpc(_SERVICE, "GetProgramFigures", idempotent=True)
 
 
 class LoyaltyClient(ServiceClient):
@@ -110,6 +111,17 @@ class LoyaltyClient(ServiceClient):
     ) -> loyalty_pb2.ListActivityResponse:
         """Lists one page of a member's ledger entries, newest first."""
         return self._unary(LIST_ACTIVITY, request, fields, timeout)
+
+    def get_program_figures(
+        self,
+        request: loyalty_pb2.GetProgramFiguresRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> loyalty_pb2.GetProgramFiguresResponse:
+        """Reads a program's figures, per A/B variant and in total."""
+        return self._unary(GET_PROGRAM_FIGURES, request, fields, timeout)
 
     def watch_balance(
         self,
@@ -205,6 +217,17 @@ class AsyncLoyaltyClient(AsyncServiceClient):
     ) -> loyalty_pb2.ListActivityResponse:
         """Lists one page of a member's ledger entries, newest first."""
         return await self._unary(LIST_ACTIVITY, request, fields, timeout)
+
+    async def get_program_figures(
+        self,
+        request: loyalty_pb2.GetProgramFiguresRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> loyalty_pb2.GetProgramFiguresResponse:
+        """Reads a program's figures, per A/B variant and in total."""
+        return await self._unary(GET_PROGRAM_FIGURES, request, fields, timeout)
 
     def watch_balance(
         self,

@@ -126,6 +126,21 @@ def loyalty_program(program_id: str) -> str:
     return f"{{config}}:lprog:{program_id}"
 
 
+LOYALTY_PROGRAMS = "{config}:lprograms"
+"""SET: the id of every loyalty program ever stored."""
+
+
+def program_figures(partition: int, program_id: str) -> str:
+    """HASH: the partition's share of a program's figures, "<variant>:<figure>" -> count
+    (variant "A", "B", or "-" without an A/B test)."""
+    return f"lfig:{{p{partition}}}:{program_id}"
+
+
+def active_members(partition: int, program_id: str, variant: str) -> str:
+    """ZSET: the partition's members of a program variant, by their latest entry (ms)."""
+    return f"lact:{{p{partition}}}:{program_id}:{variant}"
+
+
 def member(partition: int, program_id: str, member_id: str) -> str:
     """HASH: a member's balance, lifetime totals, ledger sequence, state and profile."""
     return f"lmem:{{p{partition}}}:{program_id}:{member_id}"

@@ -25,6 +25,7 @@ from payauth.server.errors import (
     PayauthError,
 )
 from payauth.server.lifecycle import operation_fingerprint
+from payauth.server.loyalty_figures import Figures, figures_proto, read_figures
 from payauth.server.loyalty_programs import (
     DAY_MS,
     CompiledProgram,
@@ -232,7 +233,8 @@ class LoyaltyEngine:
         versions = await self._program(m.program_id)
         now_ms = self._now_ms()
         status, result = await self.store.enroll(m.program_id, m.member_id, m.account_id,
-                                                 m.birth_month, now_ms)
+                                                 m.birth_month,
+                                                 versions.latest.variant(m.member_id), now_ms)
         if status == "error":
             raise {
                 "account_missing": NotFoundError(f"account {m.account_id} does not exist"),
@@ -523,6 +525,32 @@ class LoyaltyEngine:
                 if fields["kind"] != "STATE":
                     update.entry.CopyFrom(entry_proto(record_id, fields))
                 yield update
+
+    # -- figures ------------------------------------------------------------------------------
+
+    async def program_figures(self, request: loyalty_pb2.GetProgramFiguresRequest
+                              ) -> loyalty_pb2.GetProgramFiguresResponse:
+        """The program's figures, in total and per A/B variant."""
+        v = Violations()
+        v.identifier("program_id", request.program_id)
+        if not 0 <= request.active_window_days <= 3650:
+            v.add("active_window_days", "must be 0 to 3650")
+        v.raise_if_any()
+        program = (await self._program(request.program_id)).latest
+        now_ms = self._now_ms()
+        figures = await read_figures(self.store.client, request.program_id, now_ms,
+                                     request.active_window_days or 30)
+        home = program.message.home_currency
+        value = program.point_values.get(home)
+        total = Figures("", dict.fromkeys(figures["-"].counts, 0))
+        response = loyalty_pb2.GetProgramFiguresResponse()
+        for name, f in figures.items():
+            total.add(f)
+            if name in VARIANTS and (any(f.counts.values()) or f.active):
+                response.variants.append(figures_proto(f, VARIANTS[name], value, home))
+        response.total.CopyFrom(figures_proto(total, 0, value, home))
+        response.as_of.FromMilliseconds(now_ms)
+        return response
 
     # -- authorizations -----------------------------------------------------------------------
 

@@ -104,7 +104,8 @@ class LoyaltyStore:
                           payload: bytes, now_ms: int) -> tuple[str, int]:
         """('stored', previous), ('replayed', version) or ('stale', latest)."""
         reply = await self._store._fcall(
-            "payauth_loyalty_program_put", [keys.loyalty_program(program_id)],
+            "payauth_loyalty_program_put",
+            [keys.loyalty_program(program_id), keys.LOYALTY_PROGRAMS],
             [version, content_hash, payload, now_ms, keys.CONFIG_CHANNEL,
              f"program:{program_id}"])
         return reply[0].decode(), int(reply[1])
@@ -149,7 +150,7 @@ class LoyaltyStore:
     # -- members ---------------------------------------------------------------------------
 
     async def enroll(self, program_id: str, member_id: str, account_id: str, birth_month: int,
-                     now_ms: int) -> tuple[str, MemberRecord | str]:
+                     variant: str, now_ms: int) -> tuple[str, MemberRecord | str]:
         """Enroll or update a member: ('created'|'updated', record) or ('error', reason)."""
         partition = await self.partition_of_member(program_id, member_id)
         if partition is None:
@@ -161,7 +162,8 @@ class LoyaltyStore:
             self._remember(program_id, member_id, partition)
         reply = await self._store._fcall(
             "payauth_loyalty_enroll", [keys.member(partition, program_id, member_id)],
-            [keys.tag(partition), program_id, member_id, account_id, birth_month, now_ms])
+            [keys.tag(partition), program_id, member_id, account_id, birth_month, now_ms,
+             variant])
         status = reply[0].decode()
         if status == "error":
             return status, reply[1].decode()

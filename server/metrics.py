@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from prometheus_client import (
@@ -19,6 +20,7 @@ from prometheus_client import (
     multiprocess,
     start_http_server,
 )
+from prometheus_client.registry import Collector
 
 from payauth.v1 import authorizer_pb2, common_pb2
 
@@ -66,10 +68,13 @@ def prepare_directory(folder: Path) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
-def serve_metrics(host: str, port: int) -> None:
-    """Serve /metrics, summing every worker's samples, from a daemon thread."""
+def serve_metrics(host: str, port: int, collectors: Sequence[Collector] = ()) -> None:
+    """Serve /metrics, summing every worker's samples, from a daemon thread; `collectors`
+    add figures read at each scrape (the loyalty programs')."""
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
+    for collector in collectors:
+        registry.register(collector)
     start_http_server(port, addr=host, registry=registry)
 
 

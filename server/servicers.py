@@ -197,6 +197,12 @@ class Loyalty(loyalty_pb2_grpc.LoyaltyServicer):
     ) -> loyalty_pb2.ListActivityResponse:
         return await self._engine.list_activity(request)
 
+    @translate_errors
+    async def GetProgramFigures(  # noqa: N802
+        self, request: loyalty_pb2.GetProgramFiguresRequest, context: grpc.aio.ServicerContext
+    ) -> loyalty_pb2.GetProgramFiguresResponse:
+        return await self._engine.program_figures(request)
+
     async def WatchBalance(  # noqa: N802
         self, request: loyalty_pb2.WatchBalanceRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[loyalty_pb2.BalanceUpdate]:

@@ -33,6 +33,7 @@ from payauth.server.app import run_worker
 from payauth.server.config import Settings
 from payauth.server.embedded_redis import EmbeddedRedis
 from payauth.server.lifelines import die_with_parent
+from payauth.server.loyalty_figures import ProgramFiguresCollector
 from payauth.server.pan import PanHasher, load_or_create_key
 from payauth.server.store import Store
 
@@ -150,7 +151,8 @@ class Supervisor:
             self.port = s.port or _free_port(s.host)
             metrics.prepare_directory(s.data_dir / "metrics")
             if s.metrics_port:
-                metrics.serve_metrics(s.host, s.metrics_port)
+                metrics.serve_metrics(s.host, s.metrics_port, [
+                    ProgramFiguresCollector(redis_url, s.redis_cluster, s.redis_timeout_s * 10)])
                 log.info("Prometheus metrics on http://%s:%d/metrics", s.host, s.metrics_port)
             if not self._start_workers(redis_url):
                 return 1

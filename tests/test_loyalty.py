@@ -712,3 +712,43 @@ def test_watch_balance_streams_changes_and_resumes_without_loss(loyalty, prog, s
     assert [u.entry.points for u in received] == [40, -7]
     assert [u.balance.sequence for u in received] == [4, 5]
     assert received[-1].balance.available_points == 93
+
+
+# -- program figures -----------------------------------------------------------------------------
+
+
+def test_program_figures_per_variant_in_the_api_and_the_metrics(loyalty, server) -> None:
+    import urllib.request
+
+    program_id = unique("prog")
+    loyalty.upsert_program(program=program(program_id, tiers=[], ab_test=L.EarningRuleAbTest(
+        experiment_id="exp", salt="figures", variant_b_share_bps=5000,
+        variant_b_earning_rules=[L.EarningRule(id="all-2x", multiplier_bps=20_000,
+                                               condition="true")])))
+    expected: dict[int, list[int]] = {}  # variant -> [members, issued, redeemed]
+    for _ in range(8):
+        m = member(loyalty, program_id)
+        got = earn(loyalty, program_id, m, 10_000, at=SATURDAY + 2 * DAY)
+        loyalty.redeem(request_id=unique("r"), program_id=program_id, member_id=m, points=40)
+        row = expected.setdefault(got.variant, [0, 0, 0])
+        row[0] += 1
+        row[1] += got.points_earned
+        row[2] += 40
+    figures = loyalty.get_program_figures(program_id=program_id)
+    by_variant = {f.variant: f for f in figures.variants}
+    assert set(by_variant) == set(expected)
+    for variant, (members, issued, redeemed) in expected.items():
+        f = by_variant[variant]
+        assert (f.members_enrolled, f.members_active, f.points_issued, f.points_redeemed) == (
+            members, members, issued, redeemed)
+        assert f.points_outstanding == issued - redeemed
+        assert f.redemption_rate_bps == redeemed * 10_000 // issued
+    total = figures.total
+    issued = sum(row[1] for row in expected.values())
+    assert (total.members_enrolled, total.points_issued) == (8, issued)
+    assert total.liability_minor == issued - 8 * 40  # 1 point = 1 cent
+    assert total.liability_currency == "USD"
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics",
+                                  timeout=10).read().decode()
+    assert f'payauth_loyalty_points_issued{{program="{program_id}",variant="A"}}' in text
+    assert f'payauth_loyalty_members{{program="{program_id}",variant="B"}}' in text

@@ -20,6 +20,10 @@ and member M:
   lidem:T:P:R      HASH   the stored answer of Earn/Redeem/Adjust request R
   lexp:T           ZSET   members of the partition with lots, by earliest expiry
   lidx:T':P:M      STRING the partition of member M (in the partition of M itself)
+  lfig:T:P         HASH   the partition's program figures per A/B variant ('-' without
+                          a test): members, issued, redeemed, expired, adjusted_in,
+                          adjusted_out, reversed, available, pending
+  lact:T:P:V       ZSET   members of variant V by their latest ledger entry (ms)
 
 Every change of a balance is a ledger entry whose `avail` and `pend` fields
 are the change it made to `available` and `pending`: the balance is the sum of
@@ -37,6 +41,8 @@ local function k_lots(tag, p, m) return 'llots:' .. tag .. ':' .. p .. ':' .. m 
 local function k_lot(tag, p, m) return 'llot:' .. tag .. ':' .. p .. ':' .. m end
 local function k_lidem(tag, p, r) return 'lidem:' .. tag .. ':' .. p .. ':' .. r end
 local function k_lexp(tag) return 'lexp:' .. tag end
+local function k_fig(tag, p) return 'lfig:' .. tag .. ':' .. p end
+local function k_active(tag, p, v) return 'lact:' .. tag .. ':' .. p .. ':' .. v end
 
 local DAY_MS = 86400000
 local HOUR_MS = 3600000
@@ -69,6 +75,31 @@ earned and redeemed (changes of the lifetime totals), and optional reason,
 req, ver, rules, ch, auth, rel, var, exp. The entry carries the balance after
 it, so a watcher needs nothing else to show it.
 --]]
+-- The program figures an entry moves, by kind: what the points count as.
+local function count_figures(r, e, avail, pend, now_ms)
+  local v = (e.var and e.var ~= '') and e.var or ((r.variant and r.variant ~= '') and r.variant
+                                                  or '-')
+  local key = k_fig(r.tag, r.program)
+  local kind, points = e.kind, e.points
+  if kind == 'EARN_POSTED' or kind == 'BONUS' then
+    redis.call('HINCRBY', key, v .. ':issued', fmt(points))
+  elseif kind == 'REDEEM' then
+    redis.call('HINCRBY', key, v .. ':redeemed', fmt(-points))
+  elseif kind == 'EXPIRE' then
+    redis.call('HINCRBY', key, v .. ':expired', fmt(-points))
+  elseif kind == 'ADJUST' then
+    redis.call('HINCRBY', key, v .. (points > 0 and ':adjusted_in' or ':adjusted_out'),
+               fmt(math.abs(points)))
+  elseif kind == 'REVERSE' and avail > 0 then
+    redis.call('HINCRBY', key, v .. ':redeemed', fmt(-avail))  -- a redemption restored
+  elseif kind == 'REVERSE' and avail < 0 then
+    redis.call('HINCRBY', key, v .. ':reversed', fmt(-avail))  -- posted points taken back
+  end
+  if avail ~= 0 then redis.call('HINCRBY', key, v .. ':available', fmt(avail)) end
+  if pend ~= 0 then redis.call('HINCRBY', key, v .. ':pending', fmt(pend)) end
+  redis.call('ZADD', k_active(r.tag, r.program, v), now_ms, r.id)
+end
+
 local function append_entry(r, e, now_ms)
   local avail, pend = e.avail or 0, e.pend or 0
   r.available = r.available + avail
@@ -76,6 +107,7 @@ local function append_entry(r, e, now_ms)
   r.earned = r.earned + (e.earned or 0)
   r.redeemed = r.redeemed + (e.redeemed or 0)
   r.seq = r.seq + 1
+  count_figures(r, e, avail, pend, now_ms)
   return redis.call('XADD', k_lledger(r.tag, r.program, r.id), '*',
                     'kind', e.kind, 'points', fmt(e.points), 'avail', fmt(avail),
                     'pend', fmt(pend), 'avail_after', fmt(r.available),
@@ -208,6 +240,10 @@ function loyalty.earn(r, plan, share_num, share_den, post, req, auth, now_ms)
   if r.state == 'suspended' or r.state == 'closed' then
     result.refused = r.state
     return result
+  end
+  if plan.variant ~= '' and r.variant ~= plan.variant then
+    r.variant = plan.variant  -- an A/B test started after the member enrolled
+    redis.call('HSET', k_member(r.tag, r.program, r.id), 'variant', plan.variant)
   end
   local function scaled(points)
     if share_num == share_den then return points end
@@ -414,7 +450,7 @@ end
 loyalty_enroll: create a member or update its profile.
 KEYS: 1 member
 ARGV: 1 tag, 2 program, 3 member, 4 account id ('' for none), 5 birth month,
-      6 now (ms)
+      6 now (ms), 7 A/B variant ('' without a test)
 Returns {'created'|'updated', ...balance} or {'error', reason}: 'account_missing',
 'account_taken' (linked to another member), 'account_fixed' (the member's
 account cannot change).
@@ -443,8 +479,9 @@ local function loyalty_enroll(keys, args)
     redis.call('HSET', k_member(tag, p, m), 'account_id', account_id, 'available', '0',
                'pending', '0', 'earned', '0', 'redeemed', '0', 'seq', '0', 'state', 'active',
                'state_reason', '', 'state_ms', '0', 'enrolled_ms', now_ms)
+    redis.call('HINCRBY', k_fig(tag, p), (args[7] ~= '' and args[7] or '-') .. ':members', 1)
   end
-  redis.call('HSET', k_member(tag, p, m), 'birth_month', birth_month)
+  redis.call('HSET', k_member(tag, p, m), 'birth_month', birth_month, 'variant', args[7])
   return reply_with({status}, read_member(tag, p, m))
 end
 
@@ -640,7 +677,7 @@ end
 loyalty_program_put: store a new version of a loyalty program (older versions
 are kept, the last ten, for purchases dated before a version's effective
 time) and tell every worker.
-KEYS: 1 the program's hash
+KEYS: 1 the program's hash, 2 the set of all program ids
 ARGV: 1 version, 2 content hash, 3 payload (serialized LoyaltyProgram), 4 now
       (ms), 5 notification channel, 6 notification
 Returns {'stored', previous version}, {'replayed', version} or {'stale', latest}.
@@ -656,6 +693,7 @@ local function loyalty_program_put(keys, args)
   end
   redis.call('HSET', keys[1], 'version', args[1], 'v' .. args[1], args[3], 'h' .. args[1], args[2],
              'at_ms', args[4])
+  redis.call('SADD', keys[2], string.sub(keys[1], string.len('{config}:lprog:') + 1))
   for _, f in ipairs(redis.call('HKEYS', keys[1])) do
     local n = tonumber(string.sub(f, 2))
     if n and (string.sub(f, 1, 1) == 'v' or string.sub(f, 1, 1) == 'h') and n <= version - 10 then
