@@ -9,8 +9,8 @@ How the walk is made fast (see docs/models.md for the measurements):
 - Every tree is laid out breadth first in one array of 16-byte nodes, the two children
   of a split side by side, so a step is `right - (v <= threshold)`, with no branch on
   the outcome.
-- A leaf goes "left" to itself, so TREE_LANES (8) trees are walked side by side, each in
-  a register, for a fixed number of steps (the deepest of the eight): their loads overlap
+- A leaf goes "left" to itself, so TREE_LANES (12) trees are walked side by side, each in
+  a register, for a fixed number of steps (the deepest of them): their loads overlap
   instead of waiting on each other.
 - The features a model reads are first copied into a small row buffer on the C stack,
   twice: with NaN as -inf (read by splits whose NaN goes left) and as they are (NaN
@@ -143,7 +143,7 @@ cdef inline double _sum_leaves(TreeEnsemble self, const double *x, const double 
     cdef const double *leaf = self._leaf_value
     cdef const int32_t *roots = self._roots
     cdef Py_ssize_t c, d, depth
-    cdef int32_t l0, l1, l2, l3, l4, l5, l6, l7
+    cdef int32_t l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11
     cdef double total = 0.0
     cdef float total32 = <float>self._base_margin
     for c in range(self._n_chunks):
@@ -155,6 +155,10 @@ cdef inline double _sum_leaves(TreeEnsemble self, const double *x, const double 
         l5 = roots[5]
         l6 = roots[6]
         l7 = roots[7]
+        l8 = roots[8]
+        l9 = roots[9]
+        l10 = roots[10]
+        l11 = roots[11]
         depth = self._chunk_depth[c]
         for d in range(depth):
             l0 = _step(nodes, sp, bits, x, row, l0, has_special, direct)
@@ -165,6 +169,10 @@ cdef inline double _sum_leaves(TreeEnsemble self, const double *x, const double 
             l5 = _step(nodes, sp, bits, x, row, l5, has_special, direct)
             l6 = _step(nodes, sp, bits, x, row, l6, has_special, direct)
             l7 = _step(nodes, sp, bits, x, row, l7, has_special, direct)
+            l8 = _step(nodes, sp, bits, x, row, l8, has_special, direct)
+            l9 = _step(nodes, sp, bits, x, row, l9, has_special, direct)
+            l10 = _step(nodes, sp, bits, x, row, l10, has_special, direct)
+            l11 = _step(nodes, sp, bits, x, row, l11, has_special, direct)
         # One leaf per tree, added in the trees' own order, so the sum rounds exactly as
         # the library's does: float32 for XGBoost, double for LightGBM. The padding
         # tree's leaf is 0, which changes neither.
@@ -178,6 +186,10 @@ cdef inline double _sum_leaves(TreeEnsemble self, const double *x, const double 
             total32 = total32 + <float>_leaf(nodes, leaf, l5, direct)
             total32 = total32 + <float>_leaf(nodes, leaf, l6, direct)
             total32 = total32 + <float>_leaf(nodes, leaf, l7, direct)
+            total32 = total32 + <float>_leaf(nodes, leaf, l8, direct)
+            total32 = total32 + <float>_leaf(nodes, leaf, l9, direct)
+            total32 = total32 + <float>_leaf(nodes, leaf, l10, direct)
+            total32 = total32 + <float>_leaf(nodes, leaf, l11, direct)
         else:
             total = total + _leaf(nodes, leaf, l0, direct)
             total = total + _leaf(nodes, leaf, l1, direct)
@@ -187,6 +199,10 @@ cdef inline double _sum_leaves(TreeEnsemble self, const double *x, const double 
             total = total + _leaf(nodes, leaf, l5, direct)
             total = total + _leaf(nodes, leaf, l6, direct)
             total = total + _leaf(nodes, leaf, l7, direct)
+            total = total + _leaf(nodes, leaf, l8, direct)
+            total = total + _leaf(nodes, leaf, l9, direct)
+            total = total + _leaf(nodes, leaf, l10, direct)
+            total = total + _leaf(nodes, leaf, l11, direct)
         roots += TREE_LANES
     if float32:
         return total32
