@@ -29,8 +29,8 @@ from payauth.server.clock import Clock, system_clock
 from payauth.server.config import Settings
 from payauth.server.decision_context import DecisionContextFiller
 from payauth.server.decision_core import CoreRegistry
-from payauth.server.errors import AbortedError, AlreadyExistsError, unimplemented
-from payauth.server.loyalty import LoyaltyEngine
+from payauth.server.errors import AbortedError, AlreadyExistsError, InvalidArgumentError
+from payauth.server.loyalty import LoyaltyEngine, limits_of
 from payauth.server.loyalty_programs import Purchase
 from payauth.server.loyalty_store import member_from_reply
 from payauth.server.pan import PanHasher
@@ -103,9 +103,9 @@ class AuthorizePipeline:
         now = self._clock()
         check_authorize(request, now, self._settings.max_clock_skew_future_s,
                         self._settings.max_clock_skew_past_s)
-        if request.payment_method == common_pb2.PAYMENT_METHOD_POINTS:
-            raise unimplemented("Paying a whole purchase with loyalty points "
-                                "(payment_method POINTS; points_to_redeem pays part of one)")
+        if request.payment_method == common_pb2.PAYMENT_METHOD_POINTS and request.points_to_redeem:
+            raise InvalidArgumentError([("points_to_redeem", "must be 0 when payment_method is "
+                                         "POINTS: the whole amount is paid in points")])
         pan_hash = self._pans.hash(request.pan) if request.pan else None
         reference = f"pan:{pan_hash}" if pan_hash else f"tok:{request.card_token}"
         fingerprint = request_fingerprint(request, pan_hash)
@@ -183,13 +183,16 @@ class AuthorizePipeline:
         if hold and request.original_authorization_id:
             mode, authorization_id = "increment", request.original_authorization_id
         elif hold:
-            mode, authorization_id = "hold", new_authorization_id(partition)
+            mode = "points" if request.payment_method == common_pb2.PAYMENT_METHOD_POINTS \
+                else "hold"
+            authorization_id = new_authorization_id(partition)
         now_ms = int(now * 1000)
         amount, loyalty = request.amount_minor, ""
-        if mode == "hold" and (snapshot.loyalty_link or request.points_to_redeem):
+        if mode == "points" or (mode == "hold" and (snapshot.loyalty_link
+                                                     or request.points_to_redeem)):
             amount, loyalty = await self._loyalty_part(request, route, snapshot, now_ms,
                                                        response)
-            if not loyalty and request.points_to_redeem:
+            if not loyalty and (request.points_to_redeem or mode == "points"):
                 mode, authorization_id = "final", ""  # declined by _loyalty_part
         elif request.points_to_redeem and hold:
             decline(response, common_pb2.RESPONSE_CODE_12_INVALID_TRANSACTION,
@@ -224,7 +227,10 @@ class AuthorizePipeline:
                             snapshot: AuthorizationSnapshot, now_ms: int,
                             response: authorizer_pb2.AuthorizeResponse) -> tuple[int, str]:
         """(card amount to hold, loyalty JSON for the commit). Without a member, or
-        when the points cannot pay, '' (and a points request declined in `response`)."""
+        when the points cannot pay, '' (and a points request declined in `response`).
+        A purchase paid in points (payment_method POINTS) redeems the points its whole
+        amount is worth, rounded up, and earns nothing."""
+        paid_in_points = request.payment_method == common_pb2.PAYMENT_METHOD_POINTS
         link = snapshot.loyalty_link
         refusal = None
         if link is None or self._loyalty is None:
@@ -246,10 +252,23 @@ class AuthorizePipeline:
             if program is None:
                 refusal = ("loyalty.no_program", "the member's program does not exist")
         if refusal is not None:
-            if request.points_to_redeem:
+            if request.points_to_redeem or paid_in_points:
                 decline(response, common_pb2.RESPONSE_CODE_57_NOT_PERMITTED_TO_CARDHOLDER,
                         *refusal)
             return request.amount_minor, ""
+        if paid_in_points:
+            points = program.at(at_ms).points_for_value(request.amount_minor, request.currency)
+            if points is None:
+                decline(response, common_pb2.RESPONSE_CODE_12_INVALID_TRANSACTION,
+                        "loyalty.points_value",
+                        "the program gives points no value in this currency")
+                return request.amount_minor, ""
+            versions = program.at(at_ms)
+            return request.amount_minor, json.dumps({
+                "program": link[0], "member": member.member_id, "version": versions.version,
+                "variant": versions.variant(member.member_id), "redeem": points,
+                "redeem_value": 0, "limits": limits_of(versions, at_ms),
+                "expiry_ms": versions.expiry_ms, "plan": False})
         value = 0
         if request.points_to_redeem:
             value = program.at(at_ms).value_of_points(request.points_to_redeem,

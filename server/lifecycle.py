@@ -85,6 +85,12 @@ def _refusal(reply: LifecycleReply, authorization_id: str, currency: str) -> Pay
         field, text = limits[reason]
         description = text.format(format_minor(int(detail), currency))
         return FailedPreconditionError(description, [(field, description)])
+    if reason == "points_whole":
+        return FailedPreconditionError(
+            f"authorization {authorization_id} was paid with loyalty points: it is captured "
+            f"(final) and reversed whole, {format_minor(int(detail), currency or 'XXX')}"
+            if currency else f"authorization {authorization_id} was paid with loyalty points: "
+            "it is captured (final) and reversed whole")
     if reason in ("beyond_maximum", "earlier"):
         when = datetime.fromtimestamp(int(detail) / 1000, UTC).isoformat()
         text = ("must be at most the hold's maximum lifetime, " if reason == "beyond_maximum"

@@ -368,7 +368,7 @@ class LoyaltyEngine:
             points = program.points_for_value(request.value_minor, currency) or 0
         m = await self._member(request.program_id, which, request.member_id,
                                request.account_id)
-        limits = _limits(program, now_ms)
+        limits = limits_of(program, now_ms)
         reply = await self.store.redeem(
             m, request.request_id, operation_fingerprint("redeem", request), points,
             request.allow_partial, limits, request.authorization_id, request.description,
@@ -563,7 +563,7 @@ class LoyaltyEngine:
         plan = program.plan(purchase, _state(member))
         return {"program": program_id, "member": member.member_id, "version": program.version,
                 "variant": plan.variant, "redeem": redeem_points,
-                "limits": _limits(program, purchase.at_ms), "expiry_ms": program.expiry_ms,
+                "limits": limits_of(program, purchase.at_ms), "expiry_ms": program.expiry_ms,
                 "plan": plan.to_lua()}, program
 
 
@@ -572,7 +572,8 @@ def _state(m: MemberRecord) -> MemberState:
                        m.qualifying_by_day or {})
 
 
-def _limits(program: CompiledProgram, now_ms: int) -> dict[str, int]:
+def limits_of(program: CompiledProgram, now_ms: int) -> dict[str, int]:
+    """The redemption abuse limits as the commit Functions read them."""
     limits = program.limits
     return {"day": now_ms // DAY_MS, "day_limit": limits.max_redeem_points_per_day,
             "hour_limit": limits.max_redemptions_per_hour}

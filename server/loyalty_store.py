@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,10 @@ from payauth.server import keys
 from payauth.server.store import Store
 
 MEMBER_CACHE = 100_000
+
+
+_MEMBER_FIELDS = ("available", "pending", "earned", "redeemed", "seq", "state", "state_reason",
+                  "state_ms", "account_id", "birth_month", "enrolled_ms")
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +233,15 @@ class LoyaltyStore:
         rows = reply[0][1] if reply else []
         return [(rid.decode(), {k.decode(): v.decode() for k, v in fields.items()})
                 for rid, fields in rows]
+
+    async def members(self) -> AsyncIterator[MemberRecord]:
+        """Every enrolled member (a scan of the member keys, for reconciliation)."""
+        async for key in self.client.scan_iter(match="lmem:*", count=1000):
+            _, tag, program_id, member_id = key.decode().split(":", 3)
+            partition = int(tag[2:-1])
+            raw = await self.client.hmget(key, *_MEMBER_FIELDS)
+            if raw[0] is not None:
+                yield _member(partition, program_id, member_id, [*raw, 0, 0])
 
     async def ledger_all(self, m: MemberRecord) -> list[dict[str, str]]:
         """Every ledger record of a member, oldest first (for reconciliation)."""

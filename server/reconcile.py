@@ -1,16 +1,18 @@
-"""`payauth reconcile`: every account's books must balance.
+"""`payauth reconcile`: every account's and every loyalty member's books must balance.
 
 For each account, the stored balance must equal the sum of the balance changes
 in its ledger, the stored held amount the sum of the held changes, and also
-the sum of what its active holds still hold; held is never negative. Any
-difference is reported, never corrected: a difference means a bug or a
-tampered store, and a person must look.
+the sum of what its active holds still hold; held is never negative. For each
+loyalty member, the available and pending points must equal the sums of the
+changes in its points ledger. Any difference is reported, never corrected: a
+difference means a bug or a tampered store, and a person must look.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from payauth.server.loyalty_store import LoyaltyStore
 from payauth.server.store import Store
 
 
@@ -22,10 +24,11 @@ class Discrepancy:
     what: str
     stored: int
     expected: int
+    subject: str = "account"
 
     def __str__(self) -> str:
-        return (f"account {self.account_id}: {self.what} is {self.stored}, its books say "
-                f"{self.expected}")
+        return (f"{self.subject} {self.account_id}: {self.what} is {self.stored}, its books "
+                f"say {self.expected}")
 
 
 async def reconcile(store: Store) -> tuple[int, list[Discrepancy]]:
@@ -45,4 +48,14 @@ async def reconcile(store: Store) -> tuple[int, list[Discrepancy]]:
                                      books.holds_held))
         if books.held < 0:
             found.append(Discrepancy(account_id, "held (negative)", books.held, 0))
-    return len(account_ids), found
+    members = 0
+    async for member in LoyaltyStore(store).members():
+        members += 1
+        records = await LoyaltyStore(store).ledger_all(member)
+        name = f"{member.program_id}/{member.member_id}"
+        for what, stored, field in (("available points", member.available, "avail"),
+                                    ("pending points", member.pending, "pend")):
+            expected = sum(int(r[field]) for r in records)
+            if stored != expected:
+                found.append(Discrepancy(name, what, stored, expected, "loyalty member"))
+    return len(account_ids) + members, found

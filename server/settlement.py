@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from payauth.server.store import Store
 
 COLUMNS = ("merchant_id", "kind", "id", "authorization_id", "account_id", "amount_minor",
-           "currency", "at_ms")
+           "currency", "at_ms", "method")
 TOTAL_COLUMNS = ("merchant_id", "currency", "captures", "captured_minor", "refunds",
                  "refunded_minor", "net_minor")
 
@@ -28,6 +28,8 @@ async def export_day(store: Store, day: date, out_dir: Path) -> list[Path]:
     """Write settlement-<day>.csv, .parquet and -merchants.csv; return their paths."""
     rows = sorted(await store.settlement_rows(day.strftime("%Y%m%d")),
                   key=lambda r: (r["merchant_id"], int(r["at_ms"]), r["id"]))
+    for r in rows:
+        r.setdefault("method", "account")  # "points" for purchases paid in loyalty points
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"settlement-{day.isoformat()}"
     table = pa.table({

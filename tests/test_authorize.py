@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from payauth.clients import AcquirerClient, AlreadyExistsError, IssuerClient, UnimplementedError
+from payauth.clients import AcquirerClient, AlreadyExistsError, IssuerClient
 from payauth.v1 import common_pb2, issuer_pb2
 from tests.conftest import authorize_request, issue_card, open_account, random_pan, unique
 
@@ -216,11 +216,11 @@ def test_card_moved_to_another_account_is_followed(issuer: IssuerClient,
     assert available(issuer, second) == 1_000
 
 
-def test_points_payments_wait_for_the_loyalty_engine(issuer: IssuerClient,
-                                                     acquirer: AcquirerClient) -> None:
+def test_points_payments_need_a_loyalty_member(issuer: IssuerClient,
+                                               acquirer: AcquirerClient) -> None:
     account = open_account(issuer, 10_000)
     card = issue_card(issuer, account)
-    with pytest.raises(UnimplementedError, match="loyalty"):
-        acquirer.authorize(authorize_request(card_token=card,
-                                             payment_method=common_pb2.PAYMENT_METHOD_POINTS))
+    got = acquirer.authorize(authorize_request(card_token=card,
+                                               payment_method=common_pb2.PAYMENT_METHOD_POINTS))
+    assert got.iso_response_code == "57" and got.reasons[0].rule_id == "loyalty.not_member"
     assert available(issuer, account) == 10_000

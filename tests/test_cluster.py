@@ -93,3 +93,42 @@ def test_concurrent_authorizations_on_the_cluster(server: PayauthProcess) -> Non
     assert (got.account.available_minor, len(got.holds)) == (0, 50)
 
 
+
+
+def test_loyalty_on_the_cluster(server: PayauthProcess) -> None:
+    """Enrolment, an authorization that earns, its capture, a redemption, the ledger and the
+    program figures: the loyalty Functions work unchanged on a Redis Cluster."""
+    from payauth.clients import LoyaltyClient
+    from payauth.v1 import loyalty_pb2 as lp
+
+    program_id = unique("prog")
+    with IssuerClient(server.target) as issuer, AcquirerClient(server.target) as acquirer, \
+            LoyaltyClient(server.target) as loyalty:
+        loyalty.upsert_program(program=lp.LoyaltyProgram(
+            program_id=program_id, version=1, points_currency="PTS", home_currency="USD",
+            point_values=[lp.PointValue(currency="USD", value_mantissa=1)],
+            earn_rates=[lp.EarnRate(currency="USD", points_mantissa=1, points_scale=2)],
+            earning_rules=[lp.EarningRule(id="grocery", multiplier_bps=20_000,
+                                          condition='txn.mcc == "5411"')]))
+        members = []
+        for _ in range(6):  # spread over the shards
+            account = open_account(issuer, 100_000)
+            card = issue_card(issuer, account)
+            member_id = unique("m")
+            loyalty.upsert_member(member=lp.LoyaltyMember(
+                program_id=program_id, member_id=member_id, account_id=account))
+            approved = acquirer.authorize(authorize_request(card_token=card,
+                                                            amount_minor=10_000))
+            assert approved.points_earned == 200
+            acquirer.capture(request_id=unique("cap"),
+                             authorization_id=approved.authorization_id, amount_minor=10_000,
+                             currency="USD", final_capture=True)
+            loyalty.redeem(request_id=unique("r"), program_id=program_id,
+                           member_id=member_id, points=50)
+            members.append(member_id)
+        for member_id in members:
+            balance = loyalty.get_balance(program_id=program_id, member_id=member_id).balance
+            assert (balance.available_points, balance.sequence) == (150, 3)
+        figures = loyalty.get_program_figures(program_id=program_id).total
+        assert (figures.members_enrolled, figures.points_issued, figures.points_redeemed) == (
+            6, 1200, 300)

@@ -5,6 +5,7 @@ server processes whose clock the tests control (--clock-file)."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from payauth.clients import (
     NotFoundError,
 )
 from payauth.server import keys
+from payauth.server.reconcile import reconcile
+from payauth.server.store import Store
 from payauth.v1 import common_pb2, lifecycle_pb2, loyalty_pb2
 from tests.conftest import authorize_request, issue_card, open_account, unique
 from tests.servers import PayauthProcess, RedisProcess, ServerClock
@@ -209,6 +212,20 @@ def assert_ledger_balances(loyalty: LoyaltyClient, rclient: redis.Redis, program
         assert running == int(r[b"avail_after"])
     assert b.sequence == max([int(r[b"seq"]) for r in records], default=0)
     return b
+
+
+def assert_reconciled(redis_server: RedisProcess) -> None:
+    """`payauth reconcile` finds every account's and every member's books balanced."""
+
+    async def check() -> tuple[int, list]:
+        store = Store.connect(redis_server.url, cluster=False, timeout_s=10)
+        try:
+            return await reconcile(store)
+        finally:
+            await store.close()
+
+    checked, found = asyncio.run(check())
+    assert checked > 0 and found == [], found
 
 
 # -- programs -------------------------------------------------------------------------------
@@ -600,7 +617,7 @@ def test_reversal_removes_pending_points(issuer, acquirer, loyalty, prog, rclien
 
 
 def test_points_pay_part_of_a_purchase_atomically(issuer, acquirer, loyalty, prog,
-                                                  rclient) -> None:
+                                                  rclient, loyalty_redis) -> None:
     account, card, m = linked_member(issuer, loyalty, prog, balance_minor=5_000)
     loyalty.adjust(request_id=unique("a"), program_id=prog, member_id=m, points_delta=3_000,
                    reason="welcome")
@@ -630,6 +647,7 @@ def test_points_pay_part_of_a_purchase_atomically(issuer, acquirer, loyalty, pro
                                                   authorization_id=paid.authorization_id))
     b = assert_ledger_balances(loyalty, rclient, prog, m)
     assert (b.available_points, b.pending_points) == (3_000, 0)
+    assert_reconciled(loyalty_redis)
 
 
 def test_a_replayed_authorization_earns_once(issuer, acquirer, loyalty, prog) -> None:
@@ -752,3 +770,48 @@ def test_program_figures_per_variant_in_the_api_and_the_metrics(loyalty, server)
                                   timeout=10).read().decode()
     assert f'payauth_loyalty_points_issued{{program="{program_id}",variant="A"}}' in text
     assert f'payauth_loyalty_members{{program="{program_id}",variant="B"}}' in text
+
+
+def test_a_purchase_paid_in_points(issuer, acquirer, loyalty, prog, rclient,
+                                   loyalty_redis) -> None:
+    account, card, m = linked_member(issuer, loyalty, prog, balance_minor=1_000)
+    loyalty.adjust(request_id=unique("a"), program_id=prog, member_id=m, points_delta=5_000,
+                   reason="welcome")
+    # USD 42.50 paid with 4,250 points; the account's money is not touched.
+    paid = acquirer.authorize(purchase(card_token=card, amount_minor=4_250,
+                                       payment_method=common_pb2.PAYMENT_METHOD_POINTS))
+    assert paid.iso_response_code == "00", paid
+    assert (paid.points_redeemed, paid.points_earned, paid.approved_amount_minor) == (
+        4_250, 0, 4_250)
+    got = issuer.get_account(account_id=account).account
+    assert (got.balance_minor, got.held_minor) == (1_000, 0)
+    assert balance(loyalty, prog, m).available_points == 750
+    with pytest.raises(FailedPreconditionError):  # captured whole or not at all
+        acquirer.capture(lifecycle_pb2.CaptureRequest(
+            request_id=unique("cap"), authorization_id=paid.authorization_id,
+            amount_minor=1_000, currency="USD"))
+    acquirer.capture(lifecycle_pb2.CaptureRequest(
+        request_id=unique("cap"), authorization_id=paid.authorization_id,
+        amount_minor=4_250, currency="USD", final_capture=True))
+    refund = acquirer.refund(lifecycle_pb2.RefundRequest(
+        request_id=unique("ref"), authorization_id=paid.authorization_id,
+        amount_minor=2_125, currency="USD"))
+    assert refund.points_reversed == 2_125
+    assert assert_ledger_balances(loyalty, rclient, prog, m).available_points == 2_875
+    got = issuer.get_account(account_id=account).account
+    assert (got.balance_minor, got.held_minor) == (1_000, 0)
+    # More than the points are worth: declined, nothing held or spent.
+    short = acquirer.authorize(purchase(card_token=card, amount_minor=3_000,
+                                        payment_method=common_pb2.PAYMENT_METHOD_POINTS))
+    assert short.iso_response_code == "51" and not short.authorization_id
+    # A reversal before capture gives every point back.
+    again = acquirer.authorize(purchase(card_token=card, amount_minor=875,
+                                        payment_method=common_pb2.PAYMENT_METHOD_POINTS))
+    assert balance(loyalty, prog, m).available_points == 2_000
+    acquirer.reverse(lifecycle_pb2.ReverseRequest(request_id=unique("rev"),
+                                                  authorization_id=again.authorization_id))
+    assert assert_ledger_balances(loyalty, rclient, prog, m).available_points == 2_875
+    with pytest.raises(InvalidArgumentError):
+        acquirer.authorize(purchase(card_token=card, amount_minor=100, points_to_redeem=5,
+                                    payment_method=common_pb2.PAYMENT_METHOD_POINTS))
+    assert_reconciled(loyalty_redis)

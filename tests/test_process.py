@@ -20,7 +20,6 @@ from payauth.clients import (
     PayauthError,
     UnimplementedError,
 )
-from payauth.v1 import common_pb2
 from tests.conftest import authorize_request, issue_card, open_account
 from tests.servers import PayauthProcess, wait_until
 
@@ -65,10 +64,6 @@ def test_rpcs_of_later_parts_say_what_is_missing(acquirer: AcquirerClient,
                                                  payauth: PayauthProcess) -> None:
     with pytest.raises(UnimplementedError, match="merchant collaboration"):
         acquirer.upsert_merchant_policy()
-    with AcquirerClient(payauth.target) as client, pytest.raises(UnimplementedError,
-                                                                 match="payment_method POINTS"):
-        client.authorize(authorize_request(card_token="any",
-                                           payment_method=common_pb2.PAYMENT_METHOD_POINTS))
     with IssuerClient(payauth.target) as issuer, pytest.raises(UnimplementedError,
                                                                match="Backtest"):
         issuer.backtest()

@@ -399,6 +399,18 @@ function loyalty.on_hold(tag, h, hold_key, what, num, den, req, auth_id, now_ms)
     end
     moved = earn
     redis.call('HSET', hold_key, 'l_state', 'released')
+  elseif what == 'refund' and h.kind == 'points' then
+    -- A purchase paid in points is refunded in points, in proportion.
+    local redeemed, given = tonumber(h.l_redeem or '0'), tonumber(h.l_taken or '0')
+    local give = math.min(math.floor(redeemed * num / den), redeemed - given)
+    if give > 0 then
+      local id = append_entry(r, {kind = 'REVERSE', points = give, avail = give,
+                                  redeemed = -give, reason = 'purchase refunded', req = req,
+                                  auth = auth_id, rel = h.l_redeem_entry}, now_ms)
+      add_lot(r, id, give, expiry_ms > 0 and tonumber(now_ms) + expiry_ms or 0)
+      redis.call('HSET', hold_key, 'l_taken', fmt(given + give))
+    end
+    moved = give
   elseif what == 'refund' and h.l_state == 'posted' and earn > 0 then
     local taken = tonumber(h.l_taken or '0')
     local take = math.min(math.floor(earn * num / den), earn - taken)

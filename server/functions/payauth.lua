@@ -79,11 +79,22 @@ end
 
 -- Release `amount` of a hold from the account and its indexes.
 local function release(tag, h, auth_id, amount)
-  redis.call('HINCRBY', k_account(tag, h.account_id), 'held', fmt(-amount))
+  if h.kind ~= 'points' then  -- a points purchase holds no money
+    redis.call('HINCRBY', k_account(tag, h.account_id), 'held', fmt(-amount))
+  end
   h.held = h.held - amount
   if h.held == 0 then
     redis.call('ZREM', k_holds(tag, h.account_id), auth_id)
     redis.call('ZREM', k_expiries(tag), auth_id)
+  end
+end
+
+-- The money ledger entry of a lifecycle step; a points purchase moves no money.
+local function money_ledger(tag, h, kind, amount, balance_delta, held_delta, auth_id,
+                            request_id, now_ms)
+  if h.kind ~= 'points' then
+    ledger(tag, h.account_id, kind, amount, balance_delta, held_delta, auth_id, request_id,
+           now_ms)
   end
 end
 
@@ -229,6 +240,8 @@ local function authorize_commit(keys, args)
       outcome = 'account_closed'
     elseif acct[2] ~= 'active' then
       outcome = 'account_frozen'
+    elseif mode == 'points' then
+      outcome, approved = 'approved', amount  -- paid by the points redeemed below
     elseif acct[6] ~= currency then
       outcome = 'currency_mismatch'
     elseif mode == 'increment' and (hold == nil or hold.account_id ~= account_id) then
@@ -281,7 +294,21 @@ local function authorize_commit(keys, args)
     earned, earn_entry = res.points, res.entry
   end
 
-  if approved > 0 then
+  if approved > 0 and mode == 'points' then
+    -- A purchase paid in points: its hold holds no money (the account's funds and
+    -- its money ledger are untouched) but carries the points for its lifecycle.
+    redis.call('HSET', k_hold(tag, auth_id),
+               'account_id', account_id, 'request_id', request_id, 'card_token', args[16],
+               'merchant_id', merchant_id, 'mcc', args[17], 'currency', currency,
+               'approved', fmt(approved), 'held', fmt(approved), 'captured', '0',
+               'refunded', '0', 'reversed', '0', 'tolerance_bps', '0',
+               'created_ms', now_ms, 'updated_ms', now_ms, 'expires_ms', expires_ms,
+               'max_expires_ms', args[19], 'closed', '', 'kind', 'points',
+               'l_prog', lp.program, 'l_mem', lp.member, 'l_earn', '0', 'l_earn_entry', '',
+               'l_redeem', fmt(redeemed), 'l_redeem_entry', redeem_entry,
+               'l_state', 'pending', 'l_expiry_ms', fmt(lp.expiry_ms))
+    redis.call('ZADD', k_expiries(tag), expires_ms, auth_id)
+  elseif approved > 0 then
     redis.call('HINCRBY', account_key, 'held', fmt(approved))
     redis.call('HSET', account_key, 'updated_ms', now_ms)
     if mode == 'increment' then
@@ -378,6 +405,9 @@ local function capture(keys, args)
   if h == nil then return {'error', 'not_found', ''} end
   if h.currency ~= currency then return {'error', 'currency_mismatch', h.currency} end
   if h.held == 0 then return {'error', 'not_capturable', status_of(h)} end
+  if h.kind == 'points' and (amount ~= h.held or not final) then
+    return {'error', 'points_whole', fmt(h.held)}
+  end
   -- What was reversed is no longer authorized; the tolerance applies to the rest.
   local authorized = h.approved - h.reversed
   local ceiling = authorized + math.floor(authorized * h.tolerance_bps / 10000)
@@ -388,17 +418,20 @@ local function capture(keys, args)
   local account_key = k_account(tag, h.account_id)
   local from_hold = math.min(amount, h.held)
   local over = amount - from_hold
-  local balance_delta = debit_delta(account_key, amount)
-  redis.call('HINCRBY', account_key, 'balance', fmt(balance_delta))
+  local balance_delta = 0
+  if h.kind ~= 'points' then
+    balance_delta = debit_delta(account_key, amount)
+    redis.call('HINCRBY', account_key, 'balance', fmt(balance_delta))
+  end
   release(tag, h, auth_id, from_hold)
   h.captured = h.captured + amount
-  ledger(tag, h.account_id, 'capture', amount, balance_delta, -from_hold, auth_id, request_id,
-         now_ms)
+  money_ledger(tag, h, 'capture', amount, balance_delta, -from_hold, auth_id, request_id,
+               now_ms)
   local released = 0
   if final and h.held > 0 then
     released = h.held
     release(tag, h, auth_id, released)
-    ledger(tag, h.account_id, 'release', released, 0, -released, auth_id, request_id, now_ms)
+    money_ledger(tag, h, 'release', released, 0, -released, auth_id, request_id, now_ms)
   end
   redis.call('HSET', account_key, 'updated_ms', now_ms)
   save_hold(hold_key, h, now_ms)
@@ -406,7 +439,7 @@ local function capture(keys, args)
   redis.call('RPUSH', k_settle(tag, day), cjson.encode({
     kind = 'capture', merchant_id = h.merchant_id, id = capture_id, authorization_id = auth_id,
     amount_minor = fmt(amount), currency = h.currency, at_ms = now_ms,
-    account_id = h.account_id}))
+    account_id = h.account_id, method = h.kind == 'points' and 'points' or 'account'}))
   lifecycle_event(tag, 'capture', h, auth_id, request_id, amount, now_ms)
   return store_result(idem_key, fingerprint,
                       lifecycle_result(h, auth_id, amount, released, over, capture_id, now_ms,
@@ -420,10 +453,13 @@ local function reverse_hold(tag, hold_key, auth_id, request_id, amount, now_ms)
   if h.held == 0 then return nil, {'error', 'not_reversible', status_of(h)} end
   if amount == 0 then amount = h.held end
   if amount > h.held then return nil, {'error', 'over_reversal', fmt(h.held)} end
+  if h.kind == 'points' and amount ~= h.held then
+    return nil, {'error', 'points_whole', fmt(h.held)}
+  end
   release(tag, h, auth_id, amount)
   h.reversed = h.reversed + amount
   if h.held == 0 and h.captured == 0 then h.closed = 'reversed' end
-  ledger(tag, h.account_id, 'reversal', amount, 0, -amount, auth_id, request_id, now_ms)
+  money_ledger(tag, h, 'reversal', amount, 0, -amount, auth_id, request_id, now_ms)
   redis.call('HSET', k_account(tag, h.account_id), 'updated_ms', now_ms)
   save_hold(hold_key, h, now_ms)
   if h.held == 0 and h.captured == 0 then
@@ -554,18 +590,21 @@ local function refund(keys, args)
     return {'error', 'over_refund', fmt(h.captured - h.refunded)}
   end
   local account_key = k_account(tag, h.account_id)
-  local balance_delta = -debit_delta(account_key, amount)
-  redis.call('HINCRBY', account_key, 'balance', fmt(balance_delta))
+  local balance_delta = 0
+  if h.kind ~= 'points' then  -- a points purchase is refunded in points (below)
+    balance_delta = -debit_delta(account_key, amount)
+    redis.call('HINCRBY', account_key, 'balance', fmt(balance_delta))
+  end
   redis.call('HSET', account_key, 'updated_ms', now_ms)
   h.refunded = h.refunded + amount
   save_hold(hold_key, h, now_ms)
-  ledger(tag, h.account_id, 'refund', amount, balance_delta, 0, auth_id, request_id, now_ms)
+  money_ledger(tag, h, 'refund', amount, balance_delta, 0, auth_id, request_id, now_ms)
   local points = loyalty.on_hold(tag, h, hold_key, 'refund', amount, h.captured, request_id,
                                  auth_id, now_ms)
   redis.call('RPUSH', k_settle(tag, day), cjson.encode({
     kind = 'refund', merchant_id = h.merchant_id, id = refund_id, authorization_id = auth_id,
     amount_minor = fmt(amount), currency = h.currency, at_ms = now_ms,
-    account_id = h.account_id}))
+    account_id = h.account_id, method = h.kind == 'points' and 'points' or 'account'}))
   lifecycle_event(tag, 'refund', h, auth_id, request_id, amount, now_ms)
   return store_result(idem_key, fingerprint,
                       lifecycle_result(h, auth_id, amount, 0, 0, refund_id, now_ms, '1', points),
@@ -626,7 +665,7 @@ local function expire(keys, args)
   local amount = h.held
   release(tag, h, auth_id, amount)
   if h.captured == 0 then h.closed = 'expired' end
-  ledger(tag, h.account_id, 'expiry', amount, 0, -amount, auth_id, '', now_ms)
+  money_ledger(tag, h, 'expiry', amount, 0, -amount, auth_id, '', now_ms)
   redis.call('HSET', k_account(tag, h.account_id), 'updated_ms', now_ms)
   save_hold(k_hold(tag, auth_id), h, now_ms)
   if h.captured == 0 then
