@@ -1,17 +1,18 @@
 """The demo data set `make run` loads through the API: one issuer's accounts and
 cards in currencies of 0, 2 and 3 decimals, cards in every declining state, a
-policy of a few CEL rules and a LightGBM risk model trained on generated data
-at load time (never a downloaded artifact). Upserts with fixed identifiers, so
-loading it again changes nothing but balances.
+policy of a few CEL rules, a LightGBM risk model trained on generated data at
+load time (never a downloaded artifact), and a loyalty program whose member is
+the USD account. Upserts with fixed identifiers, so loading it again changes
+nothing but balances.
 """
 
 from __future__ import annotations
 
 import time
 
-from payauth.clients import IssuerClient
+from payauth.clients import IssuerClient, LoyaltyClient
 from payauth.server.money import format_minor
-from payauth.v1 import common_pb2, issuer_pb2, policy_pb2
+from payauth.v1 import common_pb2, issuer_pb2, loyalty_pb2, policy_pb2
 
 DEBIT, CREDIT = common_pb2.ACCOUNT_KIND_DEBIT, common_pb2.ACCOUNT_KIND_CREDIT
 ACTIVE_ACCOUNT = common_pb2.ACCOUNT_STATUS_ACTIVE
@@ -100,6 +101,35 @@ def train_demo_model() -> bytes:
     return booster.model_to_string().encode()
 
 
+def demo_program(version: int) -> loyalty_pb2.LoyaltyProgram:
+    """The demo loyalty program: 1 point per USD 1.00 (1 point = USD 0.01), double at
+    groceries on weekends, triple in the member's birthday month, a Silver tier at 1,000
+    points, and a coffee challenge."""
+    lp = loyalty_pb2
+    return lp.LoyaltyProgram(
+        program_id="demo-rewards", version=version, name="Demo rewards",
+        points_currency="PTS", home_currency="USD",
+        point_values=[lp.PointValue(currency="USD", value_mantissa=1)],
+        earn_rates=[lp.EarnRate(currency="USD", points_mantissa=1, points_scale=2)],
+        earning_rules=[
+            lp.EarningRule(id="weekend-groceries", multiplier_bps=20_000,
+                           condition='txn.mcc == "5411" && '
+                                     'txn.timestamp.getDayOfWeek("UTC") in [0, 6]',
+                           reason="2x on groceries at weekends"),
+            lp.EarningRule(id="birthday-month", multiplier_bps=30_000,
+                           condition='member.birth_month == txn.timestamp.getMonth("UTC") + 1',
+                           reason="3x in your birthday month"),
+        ],
+        tiers=[lp.LoyaltyTier(id="member", name="Member", rank=0),
+               lp.LoyaltyTier(id="silver", name="Silver", rank=1, qualifying_points=1000,
+                              earn_multiplier_bps=12_500)],
+        challenges=[lp.LoyaltyChallenge(
+            id="coffee-5", name="5 coffees", condition='txn.mcc == "5814"',
+            goal=lp.CHALLENGE_GOAL_PURCHASE_COUNT, target_count=5, bonus_points=200,
+            starts_at={"seconds": 1_767_225_600}, ends_at={"seconds": 1_798_761_600})],
+        points_expiry_days=365)
+
+
 def load_demo(target: str) -> str:
     """Load the demo data through the issuer API at `target`; return how to call it."""
     with IssuerClient(target, timeout=10) as issuer:
@@ -128,6 +158,12 @@ def load_demo(target: str) -> str:
         lines.append(f"Risk model demo-risk ({model.num_trees} trees, features "
                      f"{', '.join(MODEL_FEATURES)}) and policy demo-issuer "
                      f"({len(demo_policy(version).rules)} rules, see server/demo.py) active.")
+    with LoyaltyClient(target, timeout=10) as loyalty:
+        loyalty.upsert_program(program=demo_program(version))
+        loyalty.upsert_member(member=loyalty_pb2.LoyaltyMember(
+            program_id="demo-rewards", member_id="demo-member", account_id="demo-acct-usd"))
+        lines.append("Loyalty program demo-rewards: demo-member earns through demo-acct-usd "
+                     "(its cards' approvals earn points; capture posts them).")
     lines += [
         "",
         "Authorize 25.00 USD on demo-card-usd (buf comes with `npm ci`; grpcurl takes the "
@@ -142,6 +178,9 @@ def load_demo(target: str) -> str:
         f"  grpcurl -plaintext -d '<same JSON>' {target} payauth.v1.Authorizer/Authorize",
         "Health:",
         f"  grpcurl -plaintext {target} grpc.health.v1.Health/Check",
-        "Python: see docs/api.md (payauth.clients.AcquirerClient).",
+        "Points balance:",
+        f"  grpcurl -plaintext -d '{{\"program_id\":\"demo-rewards\",\"member_id\":"
+        f"\"demo-member\"}}' {target} payauth.v1.Loyalty/GetBalance",
+        "Python: see docs/api.md (payauth.clients.AcquirerClient, LoyaltyClient).",
     ]
     return "\n".join(lines)

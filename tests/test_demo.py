@@ -62,3 +62,16 @@ def test_demo_cards(demo: str, acquirer: AcquirerClient, token: str) -> None:
     response = acquirer.authorize(authorize_request(
         card_token=token, amount_minor=100, currency=CURRENCY.get(token, "USD")))
     assert response.iso_response_code == EXPECTED[token]
+
+
+def test_demo_member_earns_points(demo: str, payauth: PayauthProcess,
+                                  acquirer: AcquirerClient) -> None:
+    from payauth.clients import LoyaltyClient
+
+    with LoyaltyClient(payauth.target, timeout=10) as loyalty:
+        before = loyalty.get_balance(program_id="demo-rewards", member_id="demo-member").balance
+        got = acquirer.authorize(authorize_request(card_token="demo-card-usd", amount_minor=2500,
+                                                   mcc="5999"))
+        assert got.iso_response_code == "00" and got.points_earned >= 25
+        after = loyalty.get_balance(program_id="demo-rewards", member_id="demo-member").balance
+        assert after.pending_points == before.pending_points + got.points_earned
