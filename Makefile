@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml setup.py $(wildcard protos/payauth/v1/*.proto) $(wildcard core_ext/*.pyx)
 
-.PHONY: run test lint bench bench-core compile debug clean system-deps
+.PHONY: run test lint bench bench-loyalty bench-core compile debug clean system-deps
 
 $(STAMP): $(SOURCES) | system-deps
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ lint: $(STAMP) node_modules/.installed
 ## benchmarks/results/ (BENCH_ARGS=--quick for a one-minute smoke run)
 bench: $(VENV)/.bench-installed
 	$(PY) -m benchmarks.e2e $(BENCH_ARGS)
+
+## bench-loyalty: what a loyalty program (20 earning rules, 5 challenges) costs an Authorize,
+## with against without membership in one run, and Loyalty.Earn throughput; results in
+## benchmarks/results/loyalty.* (BENCH_LOYALTY_ARGS=--quick for a smoke run)
+bench-loyalty: $(VENV)/.bench-installed
+	$(PY) -m benchmarks.loyalty $(BENCH_LOYALTY_ARGS)
 
 # The bench extras (hdrhistogram, matplotlib), once; the test extras carry the build
 # requirements, so no build isolation is needed.
