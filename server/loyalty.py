@@ -281,8 +281,21 @@ class LoyaltyEngine:
         m = await self._member(request.program_id, which, request.member_id,
                                request.account_id)
         now_ms = self._now_ms()
-        return loyalty_pb2.GetBalanceResponse(balance=balance_proto(
-            m, versions.at(now_ms), now_ms, m.qualifying_by_day or {}))
+        program = versions.at(now_ms)
+        response = loyalty_pb2.GetBalanceResponse(balance=balance_proto(
+            m, program, now_ms, m.qualifying_by_day or {}))
+        counts = m.challenges or {}
+        for spec, ch in zip(program.challenges, program.message.challenges, strict=True):
+            if not spec.starts_ms <= now_ms < spec.ends_ms:
+                continue
+            key = f"{spec.id}@{spec.starts_ms}"
+            progress = response.challenges.add(
+                challenge_id=spec.id, name=ch.name, goal=spec.goal,
+                progress=counts.get(key, 0), target=spec.target,
+                completions=counts.get(key + "#done", 0),
+                max_completions=spec.max_completions)
+            progress.ends_at.FromMilliseconds(spec.ends_ms)
+        return response
 
     # -- earn, redeem, adjust -----------------------------------------------------------------
 

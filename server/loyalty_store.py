@@ -47,6 +47,7 @@ class MemberRecord:
     expiring_points: int = 0
     last_record_id: str = "0-0"
     qualifying_by_day: dict[int, int] | None = None
+    challenges: dict[str, int] | None = None  # "<challenge>@<start ms>[#done]" -> count
 
 
 def _member(partition: int, program_id: str, member_id: str, f: list[Any],
@@ -57,9 +58,12 @@ def _member(partition: int, program_id: str, member_id: str, f: list[Any],
                           int(v[9] or 0), int(v[10] or 0), int(v[11]), int(v[12]))
     if extra is None:
         return record
-    e = [x.decode() for x in extra]
+    flat = extra[0]
+    challenges = {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+    e = [x.decode() for x in extra[1:]]
     days = {int(e[i]): int(e[i + 1]) for i in range(1, len(e), 2)}
-    return dataclasses.replace(record, last_record_id=e[0], qualifying_by_day=days)
+    return dataclasses.replace(record, last_record_id=e[0], qualifying_by_day=days,
+                               challenges=challenges)
 
 
 def member_from_reply(partition: int, program_id: str, member_id: str, raw: list[Any]

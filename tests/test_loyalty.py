@@ -382,6 +382,11 @@ def test_challenge_completes_once_on_the_crossing_purchase(loyalty, prog, rclien
     m = member(loyalty, prog)
     assert list(earn(loyalty, prog, m, 500, mcc="5814").completed_challenge_ids) == []
     assert list(earn(loyalty, prog, m, 500, mcc="5814").completed_challenge_ids) == []
+    progress = {c.challenge_id: c for c in
+                loyalty.get_balance(program_id=prog, member_id=m).challenges}
+    coffee = progress["coffee-week"]
+    assert (coffee.progress, coffee.target, coffee.completions) == (2, 3, 0)
+    assert (progress["travel-500"].progress, progress["travel-500"].target) == (0, 50_000)
     third = L.EarnRequest(request_id=unique("earn"), program_id=prog, member_id=m,
                           txn=txn(500, mcc="5814"), post_immediately=True)
     done = loyalty.earn(third)
@@ -391,6 +396,9 @@ def test_challenge_completes_once_on_the_crossing_purchase(loyalty, prog, rclien
     assert replay.replayed and list(replay.completed_challenge_ids) == ["coffee-week"]
     fourth = earn(loyalty, prog, m, 500, mcc="5814")
     assert list(fourth.completed_challenge_ids) == []  # once per window (max_completions 0)
+    coffee = loyalty.get_balance(program_id=prog, member_id=m).challenges[0]
+    assert (coffee.challenge_id, coffee.completions, coffee.max_completions) == (
+        "coffee-week", 1, 1)
     b = assert_ledger_balances(loyalty, rclient, prog, m)
     assert b.available_points == 4 * 5 + 300
     bonuses = [e for e in ledger(loyalty, prog, m)

@@ -501,8 +501,8 @@ end
 loyalty_read: a member's balance and what earning needs to know of it.
 KEYS: 1 member
 ARGV: 1 tag, 2 program, 3 member
-Returns {'ok', ...balance, id of the latest ledger record, qualifying days and
-points (flat)} or {'missing'}.
+Returns {'ok', ...balance, challenge progress (flat hash), id of the latest
+ledger record, qualifying days and points (flat)} or {'missing'}.
 --]]
 local function loyalty_read(keys, args)
   local tag, p, m = args[1], args[2], args[3]
@@ -511,6 +511,7 @@ local function loyalty_read(keys, args)
     return {'missing'}
   end
   local reply = reply_with({'ok'}, r)
+  reply[#reply + 1] = redis.call('HGETALL', k_chal(tag, p, m))
   local last = redis.call('XREVRANGE', k_lledger(tag, p, m), '+', '-', 'COUNT', 1)
   reply[#reply + 1] = #last > 0 and last[1][1] or '0-0'
   for _, v in ipairs(redis.call('HGETALL', k_qual(tag, p, m))) do reply[#reply + 1] = v end
