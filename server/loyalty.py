@@ -326,9 +326,12 @@ class LoyaltyEngine:
         purchase = Purchase(txn.amount_minor, txn.currency, txn.mcc, txn.merchant_id,
                             txn.merchant_country, txn.channel, txn.payment_method, at_ms)
         plan = program.plan(purchase, _state(m))
+        # Points post at once unless a posting delay applies; with pending_days 0 (the only
+        # delay this version keeps) a reported purchase has nothing left to wait for.
+        post = request.post_immediately or program.message.pending_days == 0
         reply = await self.store.earn(
             m, request.request_id, operation_fingerprint("earn", request), plan.to_lua(),
-            request.post_immediately, txn.authorization_id, now_ms, self._ttl_ms)
+            post, txn.authorization_id, now_ms, self._ttl_ms)
         answer = _answer(reply, request.request_id)
         if answer.get("refused"):
             raise FailedPreconditionError(f"the member is {answer['refused']}: it earns nothing")
@@ -342,7 +345,7 @@ class LoyaltyEngine:
                 answer["bonus"])
         return loyalty_pb2.EarnResponse(
             request_id=request.request_id, entry_id=answer["entry"],
-            points_earned=int(answer["points"]), posted=request.post_immediately,
+            points_earned=int(answer["points"]), posted=post,
             rule_ids=_list(answer["rules"]), completed_challenge_ids=_list(answer["completed"]),
             challenge_bonus_points=int(answer["bonus"]),
             tier_multiplier_bps=plan.tier_multiplier_bps,
@@ -432,8 +435,12 @@ class LoyaltyEngine:
             request.points_delta, reason, request.counts_toward_tier,
             request.allow_negative_balance, STATE_NAMES.get(state, ""),
             request.suspension_reason, day, program.qualification_days, program.expiry_ms,
-            program.version, now_ms, self._ttl_ms)
+            program.version, now_ms, self._ttl_ms, program.limits.max_adjust_points_per_day)
         answer = _answer(reply, request.request_id)
+        if answer.get("refused") == "limit":
+            raise FailedPreconditionError(
+                "the adjustment exceeds the program's daily adjustment limit; the member is "
+                "on fraud hold")
         if answer.get("refused"):
             raise FailedPreconditionError(
                 f"the debit of {-request.points_delta} points exceeds the {m.available} "

@@ -478,7 +478,7 @@ def check_program(program: loyalty_pb2.LoyaltyProgram) -> None:
         v.add(f"{p}.points_expiry_days", f"must be 0 to {MAX_EXPIRY_DAYS}")
     limits = program.abuse_limits
     for name in ("max_earn_points_per_day", "max_redeem_points_per_day",
-                 "max_redemptions_per_hour"):
+                 "max_redemptions_per_hour", "max_adjust_points_per_day"):
         if getattr(limits, name) < 0:
             v.add(f"{p}.abuse_limits.{name}", "must not be negative")
     v.timestamp(f"{p}.effective_from", program.effective_from, required=False)

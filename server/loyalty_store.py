@@ -209,14 +209,15 @@ class LoyaltyStore:
     async def adjust(self, m: MemberRecord, request_id: str, fingerprint: str, delta: int,
                      reason: str, counts_toward_tier: bool, allow_negative: bool, state: str,
                      state_reason: str, day: int, qualification_days: int, expiry_ms: int,
-                     version: int, now_ms: int, ttl_ms: int) -> LoyaltyReply:
+                     version: int, now_ms: int, ttl_ms: int, adjust_limit: int = 0
+                     ) -> LoyaltyReply:
         """Credit, debit or change the state of a member (Loyalty.Adjust)."""
         return _reply(await self._store._fcall(
             "payauth_loyalty_adjust", [keys.member(m.partition, m.program_id, m.member_id)],
             [keys.tag(m.partition), m.program_id, m.member_id, request_id, fingerprint, delta,
              reason, "1" if counts_toward_tier else "0", "1" if allow_negative else "0",
              state, state_reason, day, qualification_days, expiry_ms, version, now_ms,
-             ttl_ms, 0]))
+             ttl_ms, adjust_limit]))
 
     async def ledger_page(self, m: MemberRecord, before: str, count: int
                           ) -> list[tuple[str, dict[str, str]]]:

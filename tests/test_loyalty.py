@@ -823,3 +823,84 @@ def test_a_purchase_paid_in_points(issuer, acquirer, loyalty, prog, rclient,
         acquirer.authorize(purchase(card_token=card, amount_minor=100, points_to_redeem=5,
                                     payment_method=common_pb2.PAYMENT_METHOD_POINTS))
     assert_reconciled(loyalty_redis)
+
+
+def test_adjustment_limit_puts_the_member_on_fraud_hold(loyalty) -> None:
+    program_id = unique("prog")
+    loyalty.upsert_program(program=program(program_id, abuse_limits=L.PointsAbuseLimits(
+        max_adjust_points_per_day=1000)))
+    m = member(loyalty, program_id)
+    loyalty.adjust(request_id=unique("a"), program_id=program_id, member_id=m,
+                   points_delta=700, reason="goodwill")
+    loyalty.adjust(request_id=unique("a"), program_id=program_id, member_id=m,
+                   points_delta=-200, reason="correction")
+    with pytest.raises(FailedPreconditionError, match="adjustment limit"):
+        loyalty.adjust(request_id=unique("a"), program_id=program_id, member_id=m,
+                       points_delta=101, reason="more goodwill")
+    b = balance(loyalty, program_id, m)
+    assert (b.available_points, b.suspension_state) == (500, L.SUSPENSION_STATE_FRAUD_HOLD)
+
+
+def test_redemptions_from_every_channel_at_once_never_overdraw(issuer, acquirer, loyalty, prog,
+                                                               server, rclient,
+                                                               loyalty_redis) -> None:
+    """Redeem calls, card purchases with points_to_redeem and purchases paid in points race
+    for one member's 1,000 points."""
+    _, card, m = linked_member(issuer, loyalty, prog, balance_minor=10**8)
+    loyalty.adjust(request_id=unique("a"), program_id=prog, member_id=m, points_delta=1_000,
+                   reason="seed")
+
+    def spend(i: int) -> int:
+        with LoyaltyClient(server.target, timeout=10) as lc, \
+                AcquirerClient(server.target, timeout=10) as ac:
+            if i % 3 == 0:
+                try:
+                    return lc.redeem(request_id=unique("r"), program_id=prog, member_id=m,
+                                     points=60).points_redeemed
+                except FailedPreconditionError:
+                    return 0
+            if i % 3 == 1:
+                got = ac.authorize(purchase(card_token=card, amount_minor=10_000,
+                                            points_to_redeem=60, mcc="5999"))
+            else:
+                got = ac.authorize(purchase(card_token=card, amount_minor=60, mcc="5999",
+                                            payment_method=common_pb2.PAYMENT_METHOD_POINTS))
+            return got.points_redeemed if got.iso_response_code == "00" else 0
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        spent = list(pool.map(spend, range(30)))
+    assert sum(spent) == 960  # 16 of the 30 got their 60 points; the rest were refused
+    b = assert_ledger_balances(loyalty, rclient, prog, m)
+    assert b.available_points == 40
+    assert_reconciled(loyalty_redis)
+
+
+def test_a_challenge_completed_by_an_authorization_pays_once_on_replay(issuer, acquirer,
+                                                                       loyalty, prog) -> None:
+    _, card, m = linked_member(issuer, loyalty, prog)
+    for _ in range(2):
+        acquirer.authorize(purchase(card_token=card, amount_minor=450, mcc="5814"))
+    third = purchase(card_token=card, amount_minor=450, mcc="5814")
+    first = acquirer.authorize(third)
+    again = acquirer.authorize(third)
+    assert again.replayed and again.authorization_id == first.authorization_id
+    bonuses = [e for e in ledger(loyalty, prog, m)
+               if e.kind == L.LOYALTY_LEDGER_ENTRY_KIND_BONUS]
+    assert [(e.challenge_id, e.points, e.authorization_id) for e in bonuses] == [
+        ("coffee-week", 300, first.authorization_id)]
+    b = balance(loyalty, prog, m)
+    assert (b.available_points, b.pending_points) == (0, 12 + 300)  # pending until captured
+    # Reversing the purchase that completed it takes the completion back too.
+    acquirer.reverse(lifecycle_pb2.ReverseRequest(request_id=unique("rev"),
+                                                  authorization_id=first.authorization_id))
+    b = balance(loyalty, prog, m)
+    assert (b.available_points, b.pending_points) == (0, 8)
+    coffee = loyalty.get_balance(program_id=prog, member_id=m).challenges[0]
+    assert (coffee.progress, coffee.completions) == (2, 0)
+    # A new third coffee completes it again, and its capture posts purchase and bonus.
+    done = acquirer.authorize(purchase(card_token=card, amount_minor=450, mcc="5814"))
+    acquirer.capture(lifecycle_pb2.CaptureRequest(
+        request_id=unique("cap"), authorization_id=done.authorization_id, amount_minor=450,
+        currency="USD", final_capture=True))
+    b = balance(loyalty, prog, m)
+    assert (b.available_points, b.pending_points) == (4 + 300, 8)

@@ -81,8 +81,8 @@ local function count_figures(r, e, avail, pend, now_ms)
                                                   or '-')
   local key = k_fig(r.tag, r.program)
   local kind, points = e.kind, e.points
-  if kind == 'EARN_POSTED' or kind == 'BONUS' then
-    redis.call('HINCRBY', key, v .. ':issued', fmt(points))
+  if (kind == 'EARN_POSTED' or kind == 'BONUS') and avail > 0 then
+    redis.call('HINCRBY', key, v .. ':issued', fmt(avail))
   elseif kind == 'REDEEM' then
     redis.call('HINCRBY', key, v .. ':redeemed', fmt(-points))
   elseif kind == 'EXPIRE' then
@@ -268,20 +268,26 @@ function loyalty.earn(r, plan, share_num, share_den, post, req, auth, now_ms)
       result.rules[#result.rules + 1] = id
     end
   end
+  -- Challenge progress; `result.progress` remembers what this purchase did to it,
+  -- so that a reversal of the purchase can undo exactly that.
   local chal_key = k_chal(r.tag, r.program, r.id)
   local bonuses = {}
+  result.progress = {}
   for _, c in ipairs(plan.challenges) do
     local key, id, increment, target, bonus, max_done =
       c[1], c[2], scaled(c[3]), c[4], c[5], c[6]
     local done = tonumber(redis.call('HGET', chal_key, key .. '#done') or '0')
     if done < max_done and increment > 0 then
       local progress = redis.call('HINCRBY', chal_key, key, fmt(increment))
-      if progress >= target then
+      local completed = progress >= target
+      if completed then
         redis.call('HSET', chal_key, key .. '#done', fmt(done + 1), key, '0')
         bonuses[#bonuses + 1] = {id, bonus}
         result.completed[#result.completed + 1] = id
         result.bonus = result.bonus + bonus
       end
+      result.progress[#result.progress + 1] = {key, increment, progress - increment,
+                                               completed and 1 or 0}
     end
   end
   local e = {kind = post and 'EARN_POSTED' or 'EARN_PENDING', points = total,
@@ -295,10 +301,17 @@ function loyalty.earn(r, plan, share_num, share_den, post, req, auth, now_ms)
       result.entry = append_entry(r, e, now_ms)
     end
   end
+  -- A challenge bonus goes the way of the purchase that completed it: posted now for a
+  -- posted earn, pending with an authorization until its capture.
   for _, b in ipairs(bonuses) do
-    credit_available(r, {kind = 'BONUS', points = b[2], reason = 'challenge completed',
-                         req = req, ver = plan.version, ch = b[1], auth = auth,
-                         var = plan.variant}, plan.expiry_ms, now_ms)
+    local be = {kind = 'BONUS', points = b[2], reason = 'challenge completed', req = req,
+                ver = plan.version, ch = b[1], auth = auth, var = plan.variant}
+    if post then
+      credit_available(r, be, plan.expiry_ms, now_ms)
+    else
+      be.pend, be.earned = b[2], b[2]
+      append_entry(r, be, now_ms)
+    end
   end
   result.points = total
   add_qualifying(r, plan.day, total + result.bonus, plan.qual_days)
@@ -376,19 +389,41 @@ function loyalty.on_hold(tag, h, hold_key, what, num, den, req, auth_id, now_ms)
   local earn = tonumber(h.l_earn or '0')
   local moved = 0
   local expiry_ms = tonumber(h.l_expiry_ms or '0')
+  local bonus = tonumber(h.l_bonus or '0')
   if what == 'capture' and h.l_state == 'pending' then
     if earn > 0 then
       credit_available(r, {kind = 'EARN_POSTED', points = earn, pend = -earn, from_pending = true,
                            reason = 'purchase captured', req = req, auth = auth_id,
                            rel = h.l_earn_entry}, expiry_ms, now_ms)
     end
-    moved = earn
+    if bonus > 0 then
+      credit_available(r, {kind = 'BONUS', points = bonus, pend = -bonus, from_pending = true,
+                           reason = 'challenge bonus posted', req = req, auth = auth_id},
+                       expiry_ms, now_ms)
+    end
+    moved = earn + bonus
     redis.call('HSET', hold_key, 'l_state', 'posted')
   elseif what == 'release' and h.l_state == 'pending' then
-    if earn > 0 then
-      append_entry(r, {kind = 'REVERSE', points = -earn, pend = -earn, earned = -earn,
-                       reason = 'purchase reversed', req = req, auth = auth_id,
-                       rel = h.l_earn_entry}, now_ms)
+    if earn + bonus > 0 then
+      append_entry(r, {kind = 'REVERSE', points = -(earn + bonus), pend = -(earn + bonus),
+                       earned = -(earn + bonus), reason = 'purchase reversed', req = req,
+                       auth = auth_id, rel = h.l_earn_entry}, now_ms)
+      local qkey = k_qual(r.tag, r.program, r.id)
+      if h.l_day and redis.call('HEXISTS', qkey, h.l_day) == 1 then
+        redis.call('HINCRBY', qkey, h.l_day, fmt(-(earn + bonus)))
+      end
+    end
+    -- Undo what the purchase did to challenges: a completion it made is taken back and
+    -- the progress it found restored, under what later purchases added.
+    local chal_key = k_chal(r.tag, r.program, r.id)
+    for _, c in ipairs(h.l_chal and h.l_chal ~= '' and cjson.decode(h.l_chal) or {}) do
+      local key, increment, before, completed = c[1], c[2], c[3], c[4]
+      if completed == 1 then
+        redis.call('HINCRBY', chal_key, key .. '#done', -1)
+        redis.call('HINCRBY', chal_key, key, fmt(before))
+      elseif tonumber(redis.call('HGET', chal_key, key) or '0') >= increment then
+        redis.call('HINCRBY', chal_key, key, fmt(-increment))
+      end
     end
     local redeemed = tonumber(h.l_redeem or '0')
     if redeemed > 0 then
@@ -397,7 +432,7 @@ function loyalty.on_hold(tag, h, hold_key, what, num, den, req, auth_id, now_ms)
                        auth = auth_id, rel = h.l_redeem_entry}, now_ms)
       add_lot(r, h.l_redeem_entry, redeemed, expiry_ms > 0 and tonumber(now_ms) + expiry_ms or 0)
     end
-    moved = earn
+    moved = earn + bonus
     redis.call('HSET', hold_key, 'l_state', 'released')
   elseif what == 'refund' and h.kind == 'points' then
     -- A purchase paid in points is refunded in points, in proportion.
@@ -604,9 +639,19 @@ local function loyalty_adjust(keys, args)
   if not r then return {'missing'} end
   local delta, now_ms = tonumber(args[6]), args[16]
   local entry, refused = '', ''
-  if delta < 0 and not (args[9] == '1') and r.available + delta < 0 then
+  local adjust_limit = tonumber(args[18])
+  if delta ~= 0 and over_day_limit(r, args[12], 'adjusted', math.abs(delta), adjust_limit) then
+    refused = 'limit'
+    if r.state == 'active' then
+      set_state(r, 'fraud_hold', 'daily adjustment limit exceeded', now_ms)
+      save_member(r, now_ms)
+    end
+  elseif delta < 0 and not (args[9] == '1') and r.available + delta < 0 then
     refused = 'insufficient'
   elseif delta ~= 0 then
+    if adjust_limit > 0 then
+      count_day(r, args[12], 'adjusted', math.abs(delta))
+    end
     local e = {kind = 'ADJUST', points = delta, reason = args[7], req = req,
                ver = tonumber(args[15])}
     if delta > 0 then

@@ -270,7 +270,7 @@ local function authorize_commit(keys, args)
   -- declines the purchase and holds nothing), then the purchase earns, pending
   -- until captured; both are recorded on the hold for its lifecycle.
   local lp = args[20] ~= '' and cjson.decode(args[20]) or nil
-  local earned, redeemed, redeem_entry, earn_entry = 0, 0, '', ''
+  local earned, redeemed, redeem_entry, earn_entry, bonus, progress = 0, 0, '', '', 0, ''
   local member = nil
   if approved > 0 and lp then
     member = loyalty.read_member(tag, lp.program, lp.member)
@@ -291,7 +291,8 @@ local function authorize_commit(keys, args)
   if approved > 0 and member ~= nil and lp.plan then
     local res = loyalty.earn(member, lp.plan, approved, amount, false, request_id, auth_id,
                              now_ms)
-    earned, earn_entry = res.points, res.entry
+    earned, earn_entry, bonus = res.points, res.entry, res.bonus
+    if #res.progress > 0 then progress = cjson.encode(res.progress) end
   end
 
   if approved > 0 and mode == 'points' then
@@ -329,7 +330,9 @@ local function authorize_commit(keys, args)
         redis.call('HSET', k_hold(tag, auth_id), 'l_prog', lp.program, 'l_mem', lp.member,
                    'l_earn', fmt(earned), 'l_earn_entry', earn_entry,
                    'l_redeem', fmt(redeemed), 'l_redeem_entry', redeem_entry,
-                   'l_state', 'pending', 'l_expiry_ms', fmt(lp.expiry_ms))
+                   'l_state', 'pending', 'l_expiry_ms', fmt(lp.expiry_ms),
+                   'l_bonus', fmt(bonus), 'l_chal', progress,
+                   'l_day', lp.plan and fmt(lp.plan.day) or '')
       end
     end
     ledger(tag, account_id, mode == 'increment' and 'increment' or 'hold', approved, 0, approved,
