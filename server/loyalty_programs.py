@@ -56,6 +56,51 @@ def _layout_and_compiler() -> tuple[Any, CelCompiler]:
 
 _LAYOUT, _COMPILER = _layout_and_compiler()
 _BUILDER = DecisionContextBuilder(loyalty_context_pb2.LoyaltyContext.DESCRIPTOR, _LAYOUT)
+_SLOT = {slot.path: slot.index for slot in _LAYOUT.slots}
+
+
+class ContextFiller:
+    """Writes a purchase and its member straight into a reused loyalty context vector, slot
+    by slot: the same values as `DecisionContextBuilder.from_message` of the equivalent
+    LoyaltyContext message (a test holds them equal), without building the message."""
+
+    def __init__(self) -> None:
+        self.context = _BUILDER.new()
+        self._s = _SLOT
+
+    def fill(self, purchase: Purchase, member: MemberState, tier: TierSpec | None,
+             variant: str) -> Any:
+        """The context of one purchase (valid until the next fill)."""
+        c, s = self.context, self._s
+        c.reset()
+        c.set_bool(s["txn?"], True)
+        c.set_int(s["txn.amount_minor"], purchase.amount_minor)
+        c.set_string(s["txn.currency"], purchase.currency)
+        c.set_string(s["txn.mcc"], purchase.mcc)
+        c.set_string(s["txn.channel"], _CHANNEL.get(purchase.channel, ""))
+        c.set_string(s["txn.payment_method"], _METHOD.get(purchase.payment_method, ""))
+        c.set_string(s["txn.merchant_country"], purchase.merchant_country)
+        seconds, millis = divmod(purchase.at_ms, 1000)
+        c.set_timestamp(s["txn.timestamp"], seconds, millis * 1_000_000)
+        c.set_bool(s["txn.timestamp?"], True)
+        c.set_string(s["txn.merchant_id"], purchase.merchant_id)
+        c.set_bool(s["member?"], True)
+        c.set_string(s["member.id"], member.member_id)
+        c.set_string(s["member.tier"], tier.id if tier else "")
+        c.set_int(s["member.tier_rank"], tier.rank if tier else 0)
+        c.set_int(s["member.birth_month"], member.birth_month)
+        c.set_int(s["member.tenure_days"],
+                  max(0, (purchase.at_ms - member.enrolled_ms) // DAY_MS))
+        c.set_int(s["member.available_points"], member.available)
+        c.set_string(s["member.variant"], variant)
+        c.set_bool(s["merchant?"], True)
+        c.set_string(s["merchant.id"], purchase.merchant_id)
+        c.set_string(s["merchant.mcc"], purchase.mcc)
+        c.set_string(s["merchant.country"], purchase.merchant_country)
+        return c
+
+
+_FILLER = ContextFiller()
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +313,7 @@ class CompiledProgram:
                         tier_multiplier_bps=tier_bps, qual_days=self.qualification_days,
                         expiry_ms=self.expiry_ms,
                         earn_limit=self.limits.max_earn_points_per_day)
-        context = _BUILDER.from_message(self._context(purchase, member, tier, variant))
+        context = _FILLER.fill(purchase, member, tier, variant)
         rate = self.earn_rates.get(purchase.currency)
         mantissa, scale = rate if rate else (0, 0)
         # points = amount × mantissa / 10^scale × multiplier / 10^4 × tier / 10^4
@@ -311,8 +356,10 @@ class CompiledProgram:
                                         challenge.max_completions))
         return plan
 
-    def _context(self, purchase: Purchase, member: MemberState, tier: TierSpec | None,
-                 variant: str) -> loyalty_context_pb2.LoyaltyContext:
+    @staticmethod
+    def context_message(purchase: Purchase, member: MemberState, tier: TierSpec | None,
+                        variant: str) -> loyalty_context_pb2.LoyaltyContext:
+        """The loyalty context of a purchase as a message (what conditions read)."""
         txn = loyalty_context_pb2.LoyaltyPurchase(
             amount_minor=purchase.amount_minor, currency=purchase.currency, mcc=purchase.mcc,
             channel=_CHANNEL.get(purchase.channel, ""),
