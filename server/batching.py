@@ -7,6 +7,13 @@ pipeline at the same moment; this batcher collects the commands of every
 request that asks during one turn of the event loop, sends them as one
 pipeline, and hands each request its own replies. The requests' round trips
 to Redis are unchanged (each still waits for one reply), only shared.
+
+On a single Redis the batch goes out on one pooled connection as packed
+commands and its replies are read back raw: redis-py's Pipeline object adds
+its command stack, response callbacks and retry bookkeeping on top, about a
+third of the client's CPU per round trip here, for nothing these commands
+need (HMGET, GET and FCALL replies are used as they come). A Redis Cluster
+keeps the Pipeline, which routes each command to its node.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 Command = tuple[Any, ...]
 
@@ -25,6 +33,7 @@ class PipelineBatcher:
 
     def __init__(self, client: aioredis.Redis | aioredis.RedisCluster) -> None:
         self._client = client
+        self._raw = isinstance(client, aioredis.Redis)
         self._pending: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
         self._flush_scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
@@ -49,12 +58,15 @@ class PipelineBatcher:
 
     async def _send(self, batch: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]]
                     ) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for commands, _ in batch:
-            for command in commands:
-                pipe.execute_command(*command)
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            if self._raw:
+                replies = await self._send_raw([c for commands, _ in batch for c in commands])
+            else:
+                pipe = self._client.pipeline(transaction=False)
+                for commands, _ in batch:
+                    for command in commands:
+                        pipe.execute_command(*command)
+                replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # the connection failed: every caller learns it
             for _, future in batch:
                 if not future.done():
@@ -69,3 +81,24 @@ class PipelineBatcher:
             if not future.done():
                 future.set_result(replies[start:end])
             start = end
+
+    async def _send_raw(self, commands: list[Command]) -> list[Any]:
+        """Send the commands packed on one connection and read their replies; an error
+        reply takes its command's place. A connection that fails is dropped, not reused."""
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands),
+                                                 check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
