@@ -114,6 +114,8 @@ cdef class Scratch:
     cdef bint busy
 
 
+# Final: the gather calls its name lookup directly.
+@cython.final
 cdef class FillPlan:
     cdef int32_t *_target
     cdef uint8_t *_kind
@@ -130,8 +132,17 @@ cdef class FillPlan:
     cdef tuple _group_keys
     cdef tuple _value_keys
     cdef readonly tuple sources
+    # Key paths read once for several values: per value, -1 (its own read), k >= 0 (the
+    # first reader, keeping what it read in shared entry k) or -2 - k (taking entry k).
+    cdef int32_t *_share
+    cdef readonly Py_ssize_t n_shared
+    # Per value, the tuple of names of a "name" value (indexed by its number), else None.
+    cdef tuple _names
+    cdef readonly object names
 
     cdef _set_sources(self, sources)
+    cdef _set_names(self, names)
+    cdef object _name(self, Py_ssize_t i, object number)
 
 
 # Final: the fill's per-value helpers are called directly, not through a vtable.

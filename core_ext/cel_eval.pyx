@@ -19,9 +19,10 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from cpython.dict cimport PyDict_GetItem, PyDict_GetItemWithError
+from cpython.long cimport PyLong_AsDouble, PyLong_Check
 from cpython.object cimport PyObject_GetAttr
 from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
-from cpython.tuple cimport PyTuple_GET_ITEM
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.sequence cimport PySequence_Fast_ITEMS
 from libc.math cimport NAN, isnan
 from libc.stdint cimport INT64_MAX, INT64_MIN, UINT64_MAX, int32_t, int64_t, uint8_t, uint64_t
@@ -1933,10 +1934,16 @@ cdef enum FillKind:
     FILL_FEATURE = 5
     FILL_ANY = 6
     FILL_SKIP = 7
+    # A string slot given a number: the plan's name table for the value maps it to the
+    # string (an enum number to its name).
+    FILL_NAME = 8
+    # A model-only feature given an int or a string of decimal digits (an MCC).
+    FILL_FEATURE_INT = 9
 
 _FILL_KINDS = {"int": FILL_INT, "double": FILL_DOUBLE, "bool": FILL_BOOL,
                "string": FILL_STRING, "timestamp": FILL_TIMESTAMP, "feature": FILL_FEATURE,
-               "any": FILL_ANY, "skip": FILL_SKIP}
+               "any": FILL_ANY, "skip": FILL_SKIP, "name": FILL_NAME,
+               "feature_int": FILL_FEATURE_INT}
 
 
 cdef inline double _numeric_of(const CelValue *v) noexcept nogil:
@@ -1956,17 +1963,45 @@ cdef enum:
     # Containers (the sub-dicts or objects the values sit in) one gathering plan may name;
     # they are held on the C stack while the values are read.
     FILL_MAX_GROUPS = 64
+    # Key paths one gathering plan reads for more than one value (each read once per fill
+    # and held on the C stack for the others); paths past this many are read each time.
+    FILL_MAX_SHARED = 64
+
+
+cdef inline double _digits_value(object v) except? -1.0:
+    """`float(int(v))` for an int or a str: a short string of ASCII digits (an MCC) is read
+    here, anything else by `int()` itself, so the result and the errors are int()'s."""
+    cdef Py_ssize_t size, i
+    cdef const char *data
+    cdef int64_t n = 0
+    if type(v) is str:
+        data = PyUnicode_AsUTF8AndSize(v, &size)
+        if 0 < size <= 18:
+            for i in range(size):
+                if data[i] < 48 or data[i] > 57:
+                    break
+                n = n * 10 + (data[i] - 48)
+            else:
+                return <double>n
+        return <double>int(v)
+    return PyLong_AsDouble(v) if PyLong_Check(v) else <double>v
 
 
 cdef inline object _read_source(object container, object key):
     """One step of a source path: item `key` of a dict, attribute `key` (a str) of any
     other object, item `key` (an int) of a tuple or list."""
     cdef PyObject *found
+    cdef Py_ssize_t index
     if type(container) is dict:
         found = PyDict_GetItemWithError(container, key)
         if found == NULL:
             raise KeyError(key)
         return <object>found
+    if type(container) is tuple and type(key) is int:
+        index = key
+        if 0 <= index < PyTuple_GET_SIZE(container):
+            return <object>PyTuple_GET_ITEM(container, index)
+        return container[key]  # out of range: the IndexError a tuple raises
     if type(key) is str and not isinstance(container, dict):
         return PyObject_GetAttr(container, key)
     return container[key]
@@ -1978,23 +2013,31 @@ def _intern_key(key):
     return sys.intern(key) if type(key) is str else key
 
 
+@cython.final
 cdef class FillPlan:
     """A precomputed bulk fill of an Activation: `targets[i]` (a slot, or for "feature" an
     index of the numeric vector) receives values[i] as `kinds[i]`.
 
-    Kinds: "int", "double", "bool", "string", "timestamp" (Unix seconds, or a
-    (seconds, nanos) pair), "any" (converted under the slot's declared type, as `set`),
+    Kinds: "int", "double", "bool", "string", "timestamp" (Unix seconds, a
+    (seconds, nanos) pair, or an object with `seconds` and `nanos` such as a
+    google.protobuf.Timestamp), "any" (converted under the slot's declared type, as `set`),
+    "name" (a string slot given a number: `names[i][value]` is stored, so a record's enum
+    numbers reach policies as their names without a Python lookup per value),
     "feature" (a float64 written only to the numeric vector, at an index at or past
-    `n_slots`: a model-only feature) and "skip" (the value is ignored).
+    `n_slots`: a model-only feature), "feature_int" (a model-only feature given an int or
+    a string of decimal digits, read as `int()` reads it: an MCC as its number) and "skip"
+    (the value is ignored).
 
     With `sources` (one key path per value, e.g. ("txn", "amount_minor")), the plan can
     also gather its values itself from a record (`Activation.fill_from`): reading 50
     fields in C costs a fraction of building the tuple of values in Python. Each
     container on the way (a record's "txn" sub-dict) is read once per fill, however many
-    values it holds.
+    values it holds, and so is each key path that several values name (a field that is
+    both a policy's string and a model's number).
     """
 
-    def __cinit__(self, targets, kinds, Py_ssize_t n_slots, Py_ssize_t width, sources=None):
+    def __cinit__(self, targets, kinds, Py_ssize_t n_slots, Py_ssize_t width, sources=None,
+                  names=None):
         targets = tuple(int(t) for t in targets)
         kinds = tuple(kinds)
         if len(targets) != len(kinds):
@@ -2008,8 +2051,9 @@ cdef class FillPlan:
         self._kind = <uint8_t *>calloc(self.n + 1, sizeof(uint8_t))
         self._source = <int32_t *>calloc(self.n + 1, sizeof(int32_t))
         self._group_parent = <int32_t *>calloc(FILL_MAX_GROUPS, sizeof(int32_t))
+        self._share = <int32_t *>calloc(self.n + 1, sizeof(int32_t))
         if self._target == NULL or self._kind == NULL or self._source == NULL or \
-                self._group_parent == NULL:
+                self._group_parent == NULL or self._share == NULL:
             raise MemoryError()
         cdef Py_ssize_t i
         for i in range(self.n):
@@ -2018,19 +2062,46 @@ cdef class FillPlan:
                 raise ValueError(f"unknown fill kind {kinds[i]!r}; one of "
                                  f"{', '.join(_FILL_KINDS)}")
             t = targets[i]
-            if kind == FILL_FEATURE:
+            if kind == FILL_FEATURE or kind == FILL_FEATURE_INT:
                 if not n_slots <= t < width:
                     raise IndexError(f"feature index {t} is outside [{n_slots}, {width})")
             elif kind != FILL_SKIP and not 0 <= t < n_slots:
                 raise IndexError(f"slot {t} is outside [0, {n_slots})")
             self._target[i] = <int32_t>t
             self._kind[i] = <uint8_t>kind
+            self._share[i] = -1
+        self._set_names(names)
         self.sources = None
         self.n_groups = 0
+        self.n_shared = 0
         self._group_keys = ()
         self._value_keys = None
         if sources is not None:
             self._set_sources(sources)
+
+    cdef _set_names(self, names):
+        """Check and keep the name tables: one per value, a tuple of str (None where a
+        number has no name) for each "name" value, None for the others."""
+        cdef Py_ssize_t i
+        if names is None:
+            tables = (None,) * self.n
+        else:
+            tables = tuple(None if t is None else tuple(t) for t in names)
+            if len(tables) != self.n:
+                raise ValueError(f"the plan fills {self.n} values, got {len(tables)} "
+                                 f"name tables")
+        for i in range(self.n):
+            table = tables[i]
+            if self._kind[i] == FILL_NAME:
+                if table is None:
+                    raise ValueError(f"value {i} is a name and has no name table")
+                for name in table:
+                    if name is not None and type(name) is not str:
+                        raise TypeError(f"value {i}: names are str or None, got {name!r}")
+            elif table is not None:
+                raise ValueError(f"value {i} has a name table but is not a name")
+        self.names = tables if names is not None else None
+        self._names = tables
 
     cdef _set_sources(self, sources):
         """Compile the key paths: each distinct container path becomes a group, read once
@@ -2066,6 +2137,21 @@ cdef class FillPlan:
                 parent = g
             self._source[i] = parent
             value_keys.append(path[len(path) - 1])
+        # A key path several values name is read once: the first reader keeps what it read
+        # in shared entry k (_share = k), the later ones take it from there (_share = -2 - k).
+        first = {}
+        n_shared = 0
+        for i, path in enumerate(paths):
+            j = first.setdefault(path, i)
+            if j == i:
+                continue
+            if self._share[j] == -1:
+                if n_shared >= FILL_MAX_SHARED:
+                    continue  # read again, as a path of its own
+                self._share[j] = n_shared
+                n_shared += 1
+            self._share[i] = -2 - self._share[j]
+        self.n_shared = n_shared
         self.sources = paths
         self.n_groups = len(group_keys)
         self._group_keys = tuple(group_keys)
@@ -2076,6 +2162,23 @@ cdef class FillPlan:
         free(self._kind)
         free(self._source)
         free(self._group_parent)
+        free(self._share)
+
+    cdef object _name(self, Py_ssize_t i, object number):
+        """The name value `i` stores for `number`; KeyError for a number without one."""
+        cdef tuple table = <tuple>PyTuple_GET_ITEM(self._names, i)
+        cdef Py_ssize_t index
+        cdef object name
+        if type(number) is int or type(number) is bool:
+            try:
+                index = number
+            except OverflowError:
+                raise KeyError(number) from None
+            if 0 <= index < PyTuple_GET_SIZE(table):
+                name = <object>PyTuple_GET_ITEM(table, index)
+                if name is not None:
+                    return name
+        raise KeyError(number)
 
 
 @cython.final
@@ -2199,14 +2302,16 @@ cdef class Activation:
             raise IndexError(index)
         self.vec[index] = value
 
-    def plan(self, targets, kinds, sources=None):
+    def plan(self, targets, kinds, sources=None, names=None):
         """A FillPlan for this Activation's shape (see FillPlan); with `sources`, one key
-        path per value, `fill_from` gathers the values from a record."""
-        return FillPlan(targets, kinds, self.n_slots, self.width, sources)
+        path per value, `fill_from` gathers the values from a record; `names`, one name
+        table (or None) per value, maps the numbers of "name" values to their strings."""
+        return FillPlan(targets, kinds, self.n_slots, self.width, sources, names)
 
     cdef int _put(self, Py_ssize_t slot, int kind, object v) except -1:
         """Store one value of a bulk fill as its kind's own setter would."""
         cdef int64_t secs, nanos
+        cdef object seconds
         cdef double d
         cdef list keep
         if kind == FILL_INT:
@@ -2229,13 +2334,25 @@ cdef class Activation:
                 self.slots[slot] = mk_bool(False)
                 self.vec[slot] = 0.0
         elif kind == FILL_FEATURE:
-            self.vec[slot] = <double>v
+            # An int (or bool) read as a double directly, without a float made for it.
+            self.vec[slot] = PyLong_AsDouble(v) if PyLong_Check(v) else <double>v
+        elif kind == FILL_FEATURE_INT:
+            self.vec[slot] = _digits_value(v)
         elif kind == FILL_TIMESTAMP:
             if type(v) is tuple:
                 secs, nanos = v
-            else:
+            elif type(v) is int:
                 secs = v
                 nanos = 0
+            else:
+                # A google.protobuf.Timestamp, or anything shaped like one; else seconds.
+                seconds = getattr(v, "seconds", None)
+                if seconds is None:
+                    secs = v
+                    nanos = 0
+                else:
+                    secs = seconds
+                    nanos = v.nanos
             if nanos < 0 or nanos >= NANOS:
                 raise ValueError("nanos must be in [0, 1e9)")
             self.slots[slot] = mk_time(K_TIMESTAMP, secs, nanos)
@@ -2271,7 +2388,10 @@ cdef class Activation:
             raise ValueError(f"the plan fills {plan.n} values, got {n}")
         items = PySequence_Fast_ITEMS(seq)
         for i in range(n):
-            self._put(plan._target[i], plan._kind[i], <object>items[i])
+            if plan._kind[i] == FILL_NAME:
+                self._put(plan._target[i], FILL_STRING, plan._name(i, <object>items[i]))
+            else:
+                self._put(plan._target[i], plan._kind[i], <object>items[i])
 
     def fill_from(self, FillPlan plan not None, record):
         """Like `fill`, the values read from `record` by the plan's `sources`: each step of
@@ -2283,8 +2403,10 @@ cdef class Activation:
     cdef int _gather(self, FillPlan plan, object record) except -1:
         """`fill_from` for other modules of the core (one call that fills and decides)."""
         cdef PyObject *groups[FILL_MAX_GROUPS]
-        cdef Py_ssize_t g, i, n_groups
-        cdef int32_t parent
+        cdef PyObject *shared[FILL_MAX_SHARED]
+        cdef Py_ssize_t g, i, n_groups, n_shared
+        cdef int32_t parent, share
+        cdef int kind
         cdef object container, v
         cdef tuple group_keys, value_keys
         if plan._value_keys is None:
@@ -2294,8 +2416,11 @@ cdef class Activation:
         group_keys = plan._group_keys
         value_keys = plan._value_keys
         n_groups = plan.n_groups
+        n_shared = plan.n_shared
         for g in range(n_groups):
             groups[g] = NULL
+        for g in range(n_shared):
+            shared[g] = NULL
         try:
             for g in range(n_groups):
                 parent = plan._group_parent[g]
@@ -2304,13 +2429,26 @@ cdef class Activation:
                 Py_INCREF(v)
                 groups[g] = <PyObject *>v
             for i in range(plan.n):
-                parent = plan._source[i]
-                container = record if parent < 0 else <object>groups[parent]
-                self._put(plan._target[i], plan._kind[i],
-                          _read_source(container, <object>PyTuple_GET_ITEM(value_keys, i)))
+                share = plan._share[i]
+                if share <= -2:
+                    v = <object>shared[-2 - share]  # read by an earlier value
+                else:
+                    parent = plan._source[i]
+                    container = record if parent < 0 else <object>groups[parent]
+                    v = _read_source(container, <object>PyTuple_GET_ITEM(value_keys, i))
+                    if share >= 0:
+                        Py_INCREF(v)
+                        shared[share] = <PyObject *>v
+                kind = plan._kind[i]
+                if kind == FILL_NAME:
+                    self._put(plan._target[i], FILL_STRING, plan._name(i, v))
+                else:
+                    self._put(plan._target[i], kind, v)
         finally:
             for g in range(n_groups):
                 Py_XDECREF(groups[g])
+            for g in range(n_shared):
+                Py_XDECREF(shared[g])
         return 0
 
     def numeric(self):

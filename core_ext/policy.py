@@ -251,9 +251,13 @@ class CompiledPolicy:
             *((rule, None, _DECISIONS.get(rule.action, common_pb2.DECISION_UNSPECIFIED),
                rule.response_code) for rule in self.rules),
         )
-        core.set_answers(tuple((decision, code) for _, _, decision, code in self._outcomes))
-        # The fast path, bound once: `decide(context, model=None)`.
+        #: (decision, response_code) by deciding index + 3, as `run` reports the index.
+        self.answers: tuple[tuple[int, int], ...] = tuple(
+            (decision, code) for _, _, decision, code in self._outcomes)
+        core.set_answers(self.answers)
+        # The fast paths, bound once: `decide(context, model=None)` and `run`.
         self.decide = core.decide  # type: ignore[method-assign]
+        self.run = core.evaluate  # type: ignore[method-assign]
 
     def evaluate(self, context: Activation, model: TreeEnsemble | None = None) -> PolicyResult:
         """Evaluate every rule over a decision context vector (see `DecisionContextBuilder`).
@@ -262,6 +266,17 @@ class CompiledPolicy:
         place, see `Activation`) and its probability, clamped to [0, 1], put in the context's
         `score` slot, all in one call into the core."""
         decided, score, status = self._core.evaluate(context, model)
+        return PolicyResult(self, status, decided, score)
+
+    def run(self, context: Activation, model: TreeEnsemble | None = None
+            ) -> tuple[int, float, bytes]:
+        """`evaluate` without building its result: (deciding index, final score, status
+        byte of every rule), for a caller that keeps what it derives from the statuses
+        (`result` builds the PolicyResult of the same three)."""
+        return self._core.evaluate(context, model)
+
+    def result(self, decided: int, score: float, status: bytes) -> PolicyResult:
+        """The PolicyResult of what `run` returned."""
         return PolicyResult(self, status, decided, score)
 
     def decide(self, context: Activation, model: TreeEnsemble | None = None) -> tuple[int, int]:

@@ -97,10 +97,87 @@ def model_width() -> int:
     return context_slots() + len(MODEL_LAYOUT)
 
 
+def _name_table(names: dict[int, str]) -> tuple[str | None, ...]:
+    """An enum's names indexed by number (None where a number has none), the form the core's
+    fill looks a number up in."""
+    table: list[str | None] = [None] * (max(names) + 1)
+    for number, name in names.items():
+        table[number] = name
+    return tuple(table)
+
+
+# How the filler gathers each context field from the record (request, card, account):
+# (policy path, fill kind, key path, enum names). Enum numbers reach policies as names.
+_REQUEST, _CARD, _ACCOUNT = 0, 1, 2
+_CONTEXT_FIELDS: tuple[tuple[str, str, tuple[int, str], dict[int, str] | None], ...] = (
+    ("txn.amount_minor", "int", (_REQUEST, "amount_minor"), None),
+    ("txn.currency", "string", (_REQUEST, "currency"), None),
+    ("txn.mcc", "string", (_REQUEST, "mcc"), None),
+    ("txn.channel", "name", (_REQUEST, "channel"), _CHANNEL),
+    ("txn.payment_method", "name", (_REQUEST, "payment_method"), _METHOD),
+    ("txn.merchant_country", "string", (_REQUEST, "merchant_country"), None),
+    ("txn.device_id", "string", (_REQUEST, "device_id"), None),
+    ("txn.ip", "string", (_REQUEST, "ip"), None),
+    ("txn.three_ds", "name", (_REQUEST, "three_ds"), _THREE_DS),
+    ("txn.partial_ok", "bool", (_REQUEST, "partial_ok"), None),
+    ("txn.points_to_redeem", "int", (_REQUEST, "points_to_redeem"), None),
+    ("txn.timestamp", "timestamp", (_REQUEST, "timestamp"), None),
+    ("txn.merchant_id", "string", (_REQUEST, "merchant_id"), None),
+    ("txn.account_amount_minor", "int", (_REQUEST, "amount_minor"), None),  # no FX yet
+    ("card.token", "string", (_CARD, "card_token"), None),
+    ("card.status", "name", (_CARD, "status"), _CARD_STATUS),
+    ("card.expiry_year", "int", (_CARD, "expiry_year"), None),
+    ("card.expiry_month", "int", (_CARD, "expiry_month"), None),
+    ("account.kind", "name", (_ACCOUNT, "kind"), _KIND),
+    ("account.status", "name", (_ACCOUNT, "status"), _ACCOUNT_STATUS),
+    ("account.currency", "string", (_ACCOUNT, "currency"), None),
+    ("account.balance_minor", "int", (_ACCOUNT, "balance"), None),
+    ("account.available_minor", "int", (_ACCOUNT, "available"), None),
+    ("account.credit_limit_minor", "int", (_ACCOUNT, "limit"), None),
+    ("merchant.id", "string", (_REQUEST, "merchant_id"), None),
+    ("merchant.mcc", "string", (_REQUEST, "mcc"), None),
+    ("merchant.country", "string", (_REQUEST, "merchant_country"), None),
+)
+# The same for the model's features that come from the record (the others are zero): the
+# MCC as its number, enum-valued fields as their enum numbers.
+_MODEL_SOURCES: dict[str, tuple[str, tuple[int, str]]] = {
+    "txn.amount_minor": ("feature", (_REQUEST, "amount_minor")),
+    "txn.account_amount_minor": ("feature", (_REQUEST, "amount_minor")),
+    "txn.mcc": ("feature_int", (_REQUEST, "mcc")),
+    "txn.channel": ("feature", (_REQUEST, "channel")),
+    "txn.payment_method": ("feature", (_REQUEST, "payment_method")),
+    "txn.three_ds": ("feature", (_REQUEST, "three_ds")),
+    "txn.partial_ok": ("feature", (_REQUEST, "partial_ok")),
+    "txn.points_to_redeem": ("feature", (_REQUEST, "points_to_redeem")),
+    "card.status": ("feature", (_CARD, "status")),
+    "card.expiry_year": ("feature", (_CARD, "expiry_year")),
+    "card.expiry_month": ("feature", (_CARD, "expiry_month")),
+    "account.kind": ("feature", (_ACCOUNT, "kind")),
+    "account.status": ("feature", (_ACCOUNT, "status")),
+    "account.balance_minor": ("feature", (_ACCOUNT, "balance")),
+    "account.available_minor": ("feature", (_ACCOUNT, "available")),
+    "account.credit_limit_minor": ("feature", (_ACCOUNT, "limit")),
+}
+assert all(name in _MODEL_SOURCES or name.startswith("features.") for name in MODEL_FEATURES)
+# Always present in an authorization's context: the four messages and the timestamp.
+_PRESENT = ("txn?", "card?", "account?", "merchant?", "txn.timestamp?")
+
+
 class DecisionContextFiller:
     """Fills this worker's decision context: the policy's slots and, in the same call, the
     model's features (`MODEL_FEATURES`) in the context's numeric vector after the slots,
-    where a model bound with `model_layout()` reads them in place."""
+    where a model bound with `model_layout()` reads them in place.
+
+    The fill is one call into the core that reads the record (request, card, account) by
+    a plan made once (`Activation.fill_from`): each field's key path, slot and kind, enum
+    numbers turned into names by per-field tables, each attribute read once however many
+    values it feeds. No Python runs per field.
+
+    The context is never reset: what does not vary between authorizations is written once
+    here (the presence of txn, card, account, merchant and txn.timestamp; card.country,
+    the features message, watch_hits and the model's features.* stay at their zero
+    values), and every fill overwrites every other slot but `score`, which the model
+    writes when it scores, and `set_score` otherwise."""
 
     def __init__(self) -> None:
         builder = DecisionContextBuilder()
@@ -108,27 +185,26 @@ class DecisionContextFiller:
         self.context: Activation = builder.new(extra=len(MODEL_FEATURES))
         self._score = slot("score")
         base = len(builder.layout.slots)
-        paths = (
-            ("txn?", "bool"), ("card?", "bool"), ("account?", "bool"), ("merchant?", "bool"),
-            ("txn.amount_minor", "int"), ("txn.currency", "string"), ("txn.mcc", "string"),
-            ("txn.channel", "string"), ("txn.payment_method", "string"),
-            ("txn.merchant_country", "string"), ("txn.device_id", "string"),
-            ("txn.ip", "string"), ("txn.three_ds", "string"), ("txn.partial_ok", "bool"),
-            ("txn.points_to_redeem", "int"), ("txn.timestamp", "timestamp"),
-            ("txn.timestamp?", "bool"), ("txn.merchant_id", "string"),
-            ("txn.account_amount_minor", "int"),
-            ("card.token", "string"), ("card.status", "string"), ("card.expiry_year", "int"),
-            ("card.expiry_month", "int"),
-            ("account.kind", "string"), ("account.status", "string"),
-            ("account.currency", "string"), ("account.balance_minor", "int"),
-            ("account.available_minor", "int"), ("account.credit_limit_minor", "int"),
-            ("merchant.id", "string"), ("merchant.mcc", "string"), ("merchant.country", "string"),
-        )
-        targets = [slot(path) for path, _ in paths] + \
-            [base + i for i in range(len(MODEL_FEATURES))]
-        kinds = [kind for _, kind in paths] + ["feature"] * len(MODEL_FEATURES)
-        self._plan = self.context.plan(targets, kinds)
-        self._fill = self.context.fill
+        for path in _PRESENT:
+            self.context.set_bool(slot(path), True)
+        targets = [slot(path) for path, _, _, _ in _CONTEXT_FIELDS]
+        kinds = [kind for _, kind, _, _ in _CONTEXT_FIELDS]
+        sources = [source for _, _, source, _ in _CONTEXT_FIELDS]
+        names = [None if table is None else _name_table(table)
+                 for _, _, _, table in _CONTEXT_FIELDS]
+        for i, name in enumerate(MODEL_FEATURES):
+            if name in _MODEL_SOURCES:
+                kind, source = _MODEL_SOURCES[name]
+                targets.append(base + i)
+                kinds.append(kind)
+                sources.append(source)
+                names.append(None)
+            else:
+                self.context.set_feature(base + i, 0.0)  # velocity features: not yet
+        self.plan = self.context.plan(targets, kinds, sources, names)
+        #: gather(record): fill the context from (request, card, account) in one call.
+        self.gather: Callable[[tuple[Request, CardRecord, AccountRecord]], None] = \
+            functools.partial(self.context.fill_from, self.plan)
 
     @property
     def features(self) -> list[float]:
@@ -136,43 +212,11 @@ class DecisionContextFiller:
         return self.context.numeric()[context_slots():]
 
     def fill(self, request: Request, card: CardRecord, account: AccountRecord) -> None:
-        """Put one authorization's values into the context, the model's features included
-        (score comes later), in one call into the core."""
-        ctx = self.context
-        ctx.reset()
-        timestamp = request.timestamp
-        mcc = request.mcc
-        amount = request.amount_minor
-        channel = request.channel
-        method = request.payment_method
-        three_ds = request.three_ds
-        partial = request.partial_ok
-        points = request.points_to_redeem
-        merchant_id = request.merchant_id
-        country = request.merchant_country
-        c_status = card.status
-        year = card.expiry_year
-        month = card.expiry_month
-        kind = account.kind
-        a_status = account.status
-        balance = account.balance
-        available = account.available
-        limit = account.limit
-        self._fill(self._plan, (
-            True, True, True, True,
-            amount, request.currency, mcc, _CHANNEL[channel], _METHOD[method], country,
-            request.device_id, request.ip, _THREE_DS[three_ds], partial, points,
-            (timestamp.seconds, timestamp.nanos), True, merchant_id,
-            amount,  # no FX yet: same currency
-            card.card_token, _CARD_STATUS[c_status], year, month,
-            _KIND[kind], _ACCOUNT_STATUS[a_status], account.currency, balance, available,
-            limit,
-            merchant_id, mcc, country,
-            # MODEL_FEATURES, in order
-            amount, amount, int(mcc), channel, method, three_ds, partial, points,
-            c_status, year, month, kind, a_status, balance, available, limit,
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        ))
+        """Put one authorization's values into the context, the model's features included,
+        and `score` back to zero (the model's score comes later), in one call into the
+        core."""
+        self.gather((request, card, account))
+        self.context.set_double(self._score, 0.0)
 
     def set_score(self, score: float) -> None:
         """Make the model's score visible to policies as `score`."""

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from payauth.core import CompiledPolicy, TreeEnsemble, compile_policy
 from payauth.core.models import load_lightgbm_json, load_lightgbm_text, load_xgboost_json
@@ -55,56 +56,89 @@ def build_model(request: policy_pb2.LoadModelRequest) -> TreeEnsemble:
     return model.bind(model_layout(), width=model_width())
 
 
-@dataclass(frozen=True)
-class RiskOutcome:
-    """What the model and the policy said about one authorization."""
+class RiskOutcome(NamedTuple):
+    """What the model and the policy said about one authorization (made per authorization:
+    a named tuple, which costs half what a frozen dataclass does to build)."""
 
     score: float
     decision: int  # payauth.v1.Decision; DECISION_UNSPECIFIED when nothing decided
     response_code: int
+    # Shared by every outcome with the same matching rules: copy them (extend), never change.
     reasons: tuple[authorizer_pb2.Reason, ...]
 
 
 NO_RISK = RiskOutcome(0.0, 0, 0, ())
 
 
+# Reason lists kept per policy (by the rules' statuses) before the cache starts over.
+_DESCRIBED_MAX = 4096
+
+
 @dataclass(frozen=True)
 class DecisionCore:
-    """One consistent pair of policy and model (either may be absent)."""
+    """One consistent pair of policy and model (either may be absent).
+
+    The reasons of an outcome depend only on which rules matched, so they are built once
+    per pattern of rule statuses and kept (`_described`); an authorization then costs two
+    calls into the core (fill, then score and rules) and a dict lookup."""
 
     policy: CompiledPolicy | None = None
     model: TreeEnsemble | None = None
     model_version: int = 0
+    # status bytes -> (reasons but a score threshold's, ids of the rules that errored)
+    _described: dict[bytes, tuple[tuple[authorizer_pb2.Reason, ...], tuple[str, ...]]] = \
+        field(default_factory=dict, init=False, repr=False, compare=False)
 
     def assess(self, filler: DecisionContextFiller, request: authorizer_pb2.AuthorizeRequest,
                card: CardRecord, account: AccountRecord) -> RiskOutcome:
         """Score the authorization and run the policy over it, in the core, synchronously."""
-        if self.policy is None and self.model is None:
-            return NO_RISK
-        filler.fill(request, card, account)
-        if self.policy is None:
+        policy, model = self.policy, self.model
+        if policy is None:
+            if model is None:
+                return NO_RISK
+            filler.gather((request, card, account))
             # A regression or raw-margin model may leave 0..1; the score never does.
-            score = min(max(self.model.probability_of(filler.context), 0.0), 1.0)
+            score = min(max(model.probability_of(filler.context), 0.0), 1.0)
             return RiskOutcome(score, 0, 0, ())
-        if self.model is None:
+        filler.gather((request, card, account))
+        if model is None:
             filler.set_score(0.0)
         # One call into the core: the model scored on the context in place, its score
         # (clamped to 0..1) put in the `score` slot, and the policy's rules run.
-        result = self.policy.evaluate(filler.context, self.model)
+        decided, score, status = policy.run(filler.context, model)
+        described = self._described.get(status)
+        if described is None:
+            described = self._describe(decided, score, status)
+        reasons, errored = described
+        if decided < -1:  # a score threshold decided: its reason names the score
+            result = policy.result(decided, score, status)
+            reasons = (authorizer_pb2.Reason(rule_id=f"policy.{result.threshold}",
+                                             text=result.reason), *reasons)
+        for rule_id in errored:
+            log.debug("rule %s of policy %s v%d evaluated to an error", rule_id,
+                      policy.policy_id, policy.version)
+        decision, response_code = policy.answers[decided + 3]
+        return RiskOutcome(score, decision, response_code, reasons)
+
+    def _describe(self, decided: int, score: float, status: bytes
+                  ) -> tuple[tuple[authorizer_pb2.Reason, ...], tuple[str, ...]]:
+        """The reasons of one pattern of rule statuses (the deciding rule's first, then the
+        other matching active rules, then the matching shadow rules) and the rules that
+        errored; kept for the next authorization with the same pattern."""
+        assert self.policy is not None
+        result = self.policy.result(decided, score, status)
         reasons = []
         if result.rule is not None:
             reasons.append(authorizer_pb2.Reason(rule_id=result.rule.id, text=result.reason))
-        elif result.threshold is not None:
-            reasons.append(authorizer_pb2.Reason(rule_id=f"policy.{result.threshold}",
-                                                 text=result.reason))
         reasons.extend(authorizer_pb2.Reason(rule_id=r.id, text=r.reason)
                        for r in result.matched if r is not result.rule)
         reasons.extend(authorizer_pb2.Reason(rule_id=r.id, text=r.reason, shadow=True)
                        for r in result.shadow_matched)
-        for rule in result.errored:
-            log.debug("rule %s of policy %s v%d evaluated to an error", rule.id,
-                      self.policy.policy_id, self.policy.version)
-        return RiskOutcome(result.score, result.decision, result.response_code, tuple(reasons))
+        described = (tuple(reasons), tuple(rule.id for rule in result.errored))
+        if len(self._described) >= _DESCRIBED_MAX:
+            self._described.clear()
+        self._described[status] = described
+        return described
 
 
 class CoreRegistry:

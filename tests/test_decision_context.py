@@ -133,3 +133,61 @@ def test_model_reads_the_context_in_place_and_decide_agrees() -> None:
         plan = ref.plan(*zip(*d.fill_plans["fill"], strict=True))
         assert policy.decide(ref, model, plan, record) == \
             (expected.decision, expected.response_code)
+
+
+def test_fill_from_names_numbers_reads_digits_and_timestamps() -> None:
+    """"name" stores a number's name from the plan's table, "feature_int" reads a string of
+    digits as its number (as int() does), a timestamp may be a protobuf Timestamp, and a
+    key path several values name is read once per fill."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    b = DecisionContextBuilder()
+    slot = b.slot
+    n = b.new().n_slots
+    reads: list[str] = []
+
+    class Request:
+        channel = 2
+        mcc = "0742"
+        ts = Timestamp(seconds=1732628814, nanos=7)
+
+        @property
+        def amount(self) -> int:
+            reads.append("amount")
+            return 1562
+
+    channels = (None, "POS", "ECOM")
+    targets = [slot("txn.channel"), n, slot("txn.mcc"), n + 1, slot("txn.timestamp"),
+               slot("txn.amount_minor"), slot("txn.account_amount_minor"), n + 2]
+    kinds = ["name", "feature", "string", "feature_int", "timestamp", "int", "int", "feature"]
+    sources = [(0, "channel"), (0, "channel"), (0, "mcc"), (0, "mcc"), (0, "ts"),
+               (0, "amount"), (0, "amount"), (0, "amount")]
+    names = [channels] + [None] * 7
+    ctx = b.new(extra=3)
+    plan = ctx.plan(targets, kinds, sources, names)
+    assert plan.n_shared == 3 and plan.names[0] == channels
+    ctx.fill_from(plan, (Request(),))
+    assert reads == ["amount"]
+    assert ctx.get(slot("txn.channel")) == "ECOM"
+    assert ctx.get(slot("txn.mcc")) == "0742"
+    stamp = ctx.get(slot("txn.timestamp"))
+    assert (stamp.seconds, stamp.nanos) == (1732628814, 7)
+    assert ctx.get(slot("txn.account_amount_minor")) == 1562
+    assert ctx.numeric()[n:] == [2.0, 742.0, 1562.0]
+    # `fill` names numbers too, and "feature_int" takes what int() takes.
+    ctx.fill(plan, (1, True, "x", " 12 ", (5, 0), 1, 2, 3))
+    assert ctx.get(slot("txn.channel")) == "POS"
+    assert ctx.numeric()[n:] == [1.0, 12.0, 3.0]
+    for bad in (0, 3, -1, 2**70, "2"):
+        with pytest.raises(KeyError):
+            ctx.fill(plan, (bad, 0, "x", "1", 0, 1, 2, 3))
+    with pytest.raises(ValueError):
+        ctx.fill(plan, (1, 0, "x", "", 0, 1, 2, 3))
+    with pytest.raises(ValueError):
+        ctx.plan(targets, kinds, sources)  # a name without a table
+    with pytest.raises(ValueError):
+        ctx.plan(targets, kinds, sources, [channels] * 8)  # tables on other kinds
+    with pytest.raises(TypeError):
+        ctx.plan(targets, kinds, sources, [(None, 1)] + [None] * 7)
+    with pytest.raises(IndexError):
+        ctx.fill_from(ctx.plan([n], ["feature"], [(3,)]), (1, 2))

@@ -215,3 +215,192 @@ def test_decision_event_carries_reasons_and_score(server: PayauthProcess) -> Non
     mine = [e for e in events if e.account_id == account]
     assert mine and mine[-1].response.reasons[0].rule_id == "big-ecom"
     assert mine[-1].response.risk_score >= 0
+
+
+# The server's risk stage (`DecisionCore.assess` over the worker's `DecisionContextFiller`,
+# which gathers the context in the core) against the reference: a DecisionContext message
+# built field by field, filled by `DecisionContextBuilder.from_message`, the model's
+# features by `MODEL_FEATURES`, and the policy's full `evaluate` result.
+
+EVERY_FIELD_RULES = [
+    rule("enum-names", 'txn.channel == "ECOM" && txn.payment_method == "CARD" '
+         '&& card.status == "ACTIVE"', P.POLICY_RULE_ACTION_STEP_UP, "names",
+         priority=5),
+    rule("three-ds", 'txn.three_ds in ["FAILED", "UNSPECIFIED"]', P.POLICY_RULE_ACTION_DECLINE,
+         "3ds", response_code=common_pb2.RESPONSE_CODE_05_DO_NOT_HONOUR, priority=6),
+    rule("account", 'account.kind == "CREDIT" && account.status != "ACTIVE" '
+         '&& account.available_minor < account.credit_limit_minor / 2',
+         P.POLICY_RULE_ACTION_DECLINE, "account",
+         response_code=common_pb2.RESPONSE_CODE_57_NOT_PERMITTED_TO_CARDHOLDER, priority=7),
+    rule("presence", "has(txn.timestamp) && has(card.token) && !has(features.ip_txn_count_1h)"
+         " && features.card_txn_count_1h == 0 && card.country == '' && size(watch_hits) == 0",
+         P.POLICY_RULE_ACTION_ADD_TO_SCORE, "presence", score_delta=0.125, priority=8),
+    rule("strings", 'txn.mcc == merchant.mcc && txn.merchant_id == merchant.id '
+         '&& merchant.country == txn.merchant_country && txn.currency == account.currency '
+         '&& txn.device_id.startsWith("d1") && txn.ip != "" && card.token.size() > 0',
+         P.POLICY_RULE_ACTION_TAG, "strings", tag="strings", priority=9),
+    rule("numbers", "txn.amount_minor == txn.account_amount_minor && txn.partial_ok "
+         "&& txn.points_to_redeem > 10 && card.expiry_year * 100 + card.expiry_month > 202600 "
+         "&& account.balance_minor > 0", P.POLICY_RULE_ACTION_ADD_TO_SCORE, "numbers",
+         score_delta=0.25, priority=11),
+    rule("weekend", "txn.timestamp.getDayOfWeek('UTC') == 6", P.POLICY_RULE_ACTION_TAG,
+         "weekend", tag="weekend", priority=12, mode=P.POLICY_RULE_MODE_SHADOW),
+    rule("errors", "1 / (txn.amount_minor % 2) == 1", P.POLICY_RULE_ACTION_TAG, "odd",
+         tag="odd", priority=13),
+    rule("scored", "score > 0.5", P.POLICY_RULE_ACTION_TAG, "scored", tag="scored",
+         priority=14, mode=P.POLICY_RULE_MODE_SHADOW),
+]
+
+
+def _policies() -> list[policy_pb2.PolicyUpdate]:
+    first = update(1, RULES + EVERY_FIELD_RULES)
+    every = update(2, EVERY_FIELD_RULES)
+    every.evaluation = P.EVALUATION_SEMANTICS_ALL_MATCHES
+    every.step_up_score_threshold = 0.3
+    every.decline_score_threshold = 0.6
+    every.score_decline_response_code = common_pb2.RESPONSE_CODE_59_SUSPECTED_FRAUD
+    return [first, every]
+
+
+def _generated(count: int, seed: int) -> list[tuple]:  # noqa: ANN401
+    import random
+
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from payauth.server.store import AccountRecord, CardRecord
+    from payauth.v1 import authorizer_pb2
+
+    rng = random.Random(seed)
+
+    def text(prefix: str) -> str:
+        return rng.choice(["", prefix, f"{prefix}{rng.randrange(100)}", "é€", "d1x"])
+
+    cases = []
+    for i in range(count):
+        request = authorizer_pb2.AuthorizeRequest(
+            request_id=f"r{i}", merchant_id=text("m"), mcc=f"{rng.randrange(10_000):04d}",
+            merchant_country=rng.choice(["US", "BR", ""]), currency=rng.choice(["USD", "EUR"]),
+            amount_minor=rng.choice([0, 1, rng.randrange(1, 10**6), 2**40 + 1]),
+            channel=rng.choice(common_pb2.Channel.values()),
+            payment_method=rng.choice(common_pb2.PaymentMethod.values()),
+            three_ds=rng.choice(common_pb2.ThreeDsResult.values()),
+            device_id=text("d"), ip=text("10.0.0."), partial_ok=rng.random() < 0.5,
+            points_to_redeem=rng.choice([0, 5, 500]))
+        if rng.random() < 0.9:
+            request.timestamp.CopyFrom(Timestamp(seconds=rng.randrange(2 * 10**9),
+                                                 nanos=rng.randrange(10**9)))
+        card = CardRecord(text("tok"), "a", rng.choice(common_pb2.CardStatus.values()),
+                          rng.choice([2024, 2026, 2031]), rng.randrange(1, 13), "h")
+        account = AccountRecord("a", rng.choice(common_pb2.AccountKind.values()),
+                                rng.choice(common_pb2.AccountStatus.values()),
+                                rng.choice(["USD", "EUR"]), rng.randrange(-10**5, 10**7),
+                                rng.choice([0, 10**6]), rng.randrange(10**5), 0)
+        cases.append((request, card, account))
+    return cases
+
+
+def _reference(core, request, card, account):  # noqa: ANN001, ANN202
+    """The decision as the context message and the policy's full result give it."""
+    from payauth.core import DecisionContextBuilder
+    from payauth.server.decision_context import _NAMES, MODEL_FEATURES, context_slots
+    from payauth.server.decision_core import RiskOutcome
+    from payauth.v1 import authorizer_pb2, context_pb2
+
+    message = context_pb2.DecisionContext(
+        txn=context_pb2.Transaction(
+            amount_minor=request.amount_minor, currency=request.currency, mcc=request.mcc,
+            channel=_NAMES["channel"][request.channel],
+            payment_method=_NAMES["payment_method"][request.payment_method],
+            merchant_country=request.merchant_country, device_id=request.device_id,
+            ip=request.ip, three_ds=_NAMES["three_ds"][request.three_ds],
+            partial_ok=request.partial_ok, points_to_redeem=request.points_to_redeem,
+            timestamp=request.timestamp, merchant_id=request.merchant_id,
+            account_amount_minor=request.amount_minor),
+        card=context_pb2.CardContext(token=card.card_token,
+                                     status=_NAMES["card_status"][card.status],
+                                     expiry_year=card.expiry_year,
+                                     expiry_month=card.expiry_month),
+        account=context_pb2.AccountContext(
+            kind=_NAMES["kind"][account.kind], status=_NAMES["account_status"][account.status],
+            currency=account.currency, balance_minor=account.balance,
+            available_minor=account.available, credit_limit_minor=account.limit),
+        merchant=context_pb2.MerchantContext(id=request.merchant_id, mcc=request.mcc,
+                                             country=request.merchant_country))
+    builder = DecisionContextBuilder()
+    context = builder.from_message(message, builder.new(extra=len(MODEL_FEATURES)))
+    for i, read in enumerate(MODEL_FEATURES.values()):
+        context.set_feature(context_slots() + i, float(read(request, card, account)))
+    if core.policy is None:
+        score = min(max(core.model.probability_of(context), 0.0), 1.0)
+        return context, RiskOutcome(score, 0, 0, ())
+    result = core.policy.evaluate(context, core.model)
+    reasons = []
+    if result.rule is not None:
+        reasons.append(authorizer_pb2.Reason(rule_id=result.rule.id, text=result.reason))
+    elif result.threshold is not None:
+        reasons.append(authorizer_pb2.Reason(rule_id=f"policy.{result.threshold}",
+                                             text=result.reason))
+    reasons.extend(authorizer_pb2.Reason(rule_id=r.id, text=r.reason)
+                   for r in result.matched if r is not result.rule)
+    reasons.extend(authorizer_pb2.Reason(rule_id=r.id, text=r.reason, shadow=True)
+                   for r in result.shadow_matched)
+    return context, RiskOutcome(result.score, result.decision, result.response_code,
+                                tuple(reasons))
+
+
+def _risk_model():  # noqa: ANN202
+    import lightgbm as lgb
+
+    from payauth.server.decision_core import build_model
+
+    names = ["txn.amount_minor", "txn.mcc", "txn.channel", "txn.three_ds", "card.status",
+             "account.kind", "account.available_minor", "features.card_txn_count_1h",
+             "txn.partial_ok"]
+    rng = np.random.default_rng(3)
+    x = np.column_stack([rng.integers(0, 10**6, 4000), rng.integers(0, 10_000, 4000),
+                         rng.integers(0, 8, 4000), rng.integers(0, 6, 4000),
+                         rng.integers(0, 6, 4000), rng.integers(0, 3, 4000),
+                         rng.integers(-10**5, 10**7, 4000), np.zeros(4000),
+                         rng.integers(0, 2, 4000)]).astype(float)
+    y = ((x[:, 0] > 5 * 10**5) ^ (x[:, 2] == 2) ^ (x[:, 1] > 7000)).astype(int)
+    booster = lgb.train({"objective": "binary", "num_leaves": 15, "verbose": -1},
+                        lgb.Dataset(x, y, feature_name=names), num_boost_round=30)
+    return build_model(P.LoadModelRequest(format=P.MODEL_FORMAT_LIGHTGBM_TEXT,
+                                          model=booster.model_to_string().encode()))
+
+
+def test_server_risk_stage_equals_the_reference_on_generated_requests(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import math
+
+    from payauth.core import compile_policy
+    from payauth.server import decision_core
+    from payauth.server.decision_context import DecisionContextFiller
+
+    monkeypatch.setattr(decision_core, "_DESCRIBED_MAX", 16)  # the cache starts over too
+    model = _risk_model()
+    policies = [compile_policy(u) for u in _policies()]
+    cores = [decision_core.DecisionCore(p, m, 1) for p in policies for m in (model, None)]
+    cores.append(decision_core.DecisionCore(None, model, 1))
+    filler = DecisionContextFiller()  # one per worker, shared by every core and request
+    score_slot = filler._score
+    outcomes = set()
+    for seed, core in enumerate(cores * 2):
+        for request, card, account in _generated(300, seed):
+            got = core.assess(filler, request, card, account)
+            context, want = _reference(core, request, card, account)
+            assert (got.score, got.decision, got.response_code) == \
+                (want.score, want.decision, want.response_code)
+            assert [(r.rule_id, r.text, r.shadow) for r in got.reasons] == \
+                [(r.rule_id, r.text, r.shadow) for r in want.reasons]
+            outcomes.add((got.decision, got.reasons[0].rule_id if got.reasons else ""))
+            for i in range(context.n_slots):
+                if i != score_slot or core.policy is not None:
+                    assert filler.context.get(i) == context.get(i), i
+            for a, b in zip(filler.context.numeric(), context.numeric(), strict=True):
+                assert a == b or (math.isnan(a) and math.isnan(b))
+    # Every kind of outcome was met: rules, both thresholds, nothing decided.
+    rule_ids = {rule_id for _, rule_id in outcomes}
+    assert {"policy.decline_score_threshold", "policy.step_up_score_threshold", "big-ecom",
+            "enum-names", "three-ds", "account"} <= rule_ids
+    assert common_pb2.DECISION_UNSPECIFIED in {d for d, _ in outcomes}
