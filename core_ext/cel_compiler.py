@@ -380,6 +380,13 @@ class ProgramBuilder:
         self._const_regs: dict[Any, int] = {}
         self._regex_index: dict[str, int] = {}
         self._zone_index: dict[ZoneSpec, int] = {}
+        # The input slots the expressions read: a caller may fill only these.
+        self.inputs_read: set[int] = set()
+
+    def read_input(self, slot: int) -> int:
+        """Note that the program reads input `slot`; the slot (its register)."""
+        self.inputs_read.add(slot)
+        return slot
 
     def temp(self, count: int = 1) -> int:
         reg = self.spec.n_regs
@@ -583,7 +590,7 @@ class _Lowering:
         name = ref.name.lstrip(".")
         slot = self.layout.by_path.get(name)
         if slot is not None:
-            return slot.index
+            return self.b.read_input(slot.index)
         if name in self.layout.messages:
             raise self.error(expr, f"'{name}' is a message: compare one of its fields "
                                    f"(e.g. {name}.<field>)")
@@ -617,11 +624,11 @@ class _Lowering:
             if sel.test_only:
                 presence = self.layout.by_path.get(path + "?")
                 if presence is not None:
-                    return presence.index
+                    return self.b.read_input(presence.index)
                 dst = self.b.temp()
-                self.b.emit("HAS_VALUE", dst, slot.index)
+                self.b.emit("HAS_VALUE", dst, self.b.read_input(slot.index))
                 return dst
-            return slot.index
+            return self.b.read_input(slot.index)
         t = self.types.get(operand.id)
         if t is not None and t.WhichOneof("type_kind") == "message_type":
             raise self.error(expr, f"fields of {t.message_type} are not supported")

@@ -223,8 +223,11 @@ class CompiledPolicy:
     """A policy update compiled into the core, ready to evaluate decision contexts."""
 
     def __init__(self, update: policy_pb2.PolicyUpdate, rules: Sequence[RuleInfo],
-                 core: PolicyCore) -> None:
+                 core: PolicyCore, inputs_read: frozenset[int] | None = None) -> None:
         self.policy_id = update.policy_id
+        #: The decision-context slots the rules read (None: unknown, fill them all); a
+        #: caller that fills a context only for this policy may skip the others.
+        self.inputs_read = inputs_read
         self.version = update.version
         self.update_id = update.update_id
         self.evaluation = update.evaluation
@@ -413,7 +416,7 @@ def compile_policy(update: policy_pb2.PolicyUpdate) -> CompiledPolicy:
         update.step_up_score_threshold if update.HasField("step_up_score_threshold") else None,
         update.decline_score_threshold if update.HasField("decline_score_threshold") else None,
     )
-    return CompiledPolicy(update, rules, core)
+    return CompiledPolicy(update, rules, core, frozenset(builder.inputs_read))
 
 
 class DecisionContextBuilder:

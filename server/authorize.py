@@ -27,7 +27,6 @@ from payauth.server import keys
 from payauth.server.card_routes import CardRoute, CardRoutes
 from payauth.server.clock import Clock, system_clock
 from payauth.server.config import Settings
-from payauth.server.decision_context import DecisionContextFiller
 from payauth.server.decision_core import CoreRegistry
 from payauth.server.errors import AbortedError, AlreadyExistsError, InvalidArgumentError
 from payauth.server.loyalty import LoyaltyEngine, limits_of
@@ -88,7 +87,6 @@ class AuthorizePipeline:
         self._loyalty = loyalty
         self._links: dict[str, tuple[str, str]] = {}  # account -> (program, member), fixed
         self._registry = registry
-        self._filler = DecisionContextFiller()
         self._pans = pans
         self._settings = settings
         self._clock = clock
@@ -169,7 +167,7 @@ class AuthorizePipeline:
         else:
             # Risk: the model's score and the issuer's policy, in the core. Account status,
             # currency and funds are then decided by the commit, atomically.
-            risk = self._registry.current.assess(self._filler, request, card, account)
+            risk = self._registry.current.assess(request, card, account)
             response.risk_score = risk.score
             response.reasons.extend(risk.reasons)
             if risk.decision in (common_pb2.DECISION_DECLINE, common_pb2.DECISION_STEP_UP):

@@ -19,7 +19,7 @@ as zero and `has(features.x)` is false.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from payauth.core import DecisionContextBuilder
 from payauth.core.cel_eval import Activation
@@ -177,9 +177,15 @@ class DecisionContextFiller:
     here (the presence of txn, card, account, merchant and txn.timestamp; card.country,
     the features message, watch_hits and the model's features.* stay at their zero
     values), and every fill overwrites every other slot but `score`, which the model
-    writes when it scores, and `set_score` otherwise."""
+    writes when it scores, and `set_score` otherwise.
 
-    def __init__(self) -> None:
+    A filler made for one policy and model fills only what they read: `policy_slots`, the
+    context slots the policy's rules read (`CompiledPolicy.inputs_read`), and
+    `model_features`, the features the model reads (`TreeEnsemble.feature_names`); the
+    other slots stay at their zero values. None fills everything."""
+
+    def __init__(self, policy_slots: Collection[int] | None = None,
+                 model_features: Collection[str] | None = None) -> None:
         builder = DecisionContextBuilder()
         slot = builder.slot
         self.context: Activation = builder.new(extra=len(MODEL_FEATURES))
@@ -187,13 +193,16 @@ class DecisionContextFiller:
         base = len(builder.layout.slots)
         for path in _PRESENT:
             self.context.set_bool(slot(path), True)
-        targets = [slot(path) for path, _, _, _ in _CONTEXT_FIELDS]
-        kinds = [kind for _, kind, _, _ in _CONTEXT_FIELDS]
-        sources = [source for _, _, source, _ in _CONTEXT_FIELDS]
-        names = [None if table is None else _name_table(table)
-                 for _, _, _, table in _CONTEXT_FIELDS]
+        fields = [f for f in _CONTEXT_FIELDS
+                  if policy_slots is None or slot(f[0]) in policy_slots]
+        #: The context slots each fill writes.
+        self.filled_slots = frozenset(slot(path) for path, _, _, _ in fields)
+        targets = [slot(path) for path, _, _, _ in fields]
+        kinds = [kind for _, kind, _, _ in fields]
+        sources = [source for _, _, source, _ in fields]
+        names = [None if table is None else _name_table(table) for _, _, _, table in fields]
         for i, name in enumerate(MODEL_FEATURES):
-            if name in _MODEL_SOURCES:
+            if name in _MODEL_SOURCES and (model_features is None or name in model_features):
                 kind, source = _MODEL_SOURCES[name]
                 targets.append(base + i)
                 kinds.append(kind)

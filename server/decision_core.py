@@ -88,11 +88,18 @@ class DecisionCore:
     # status bytes -> (reasons but a score threshold's, ids of the rules that errored)
     _described: dict[bytes, tuple[tuple[authorizer_pb2.Reason, ...], tuple[str, ...]]] = \
         field(default_factory=dict, init=False, repr=False, compare=False)
+    #: This pair's decision context: it fills only what the policy and the model read.
+    filler: DecisionContextFiller = field(init=False, repr=False, compare=False)
 
-    def assess(self, filler: DecisionContextFiller, request: authorizer_pb2.AuthorizeRequest,
-               card: CardRecord, account: AccountRecord) -> RiskOutcome:
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "filler", DecisionContextFiller(
+            self.policy.inputs_read if self.policy is not None else (),
+            self.model.feature_names if self.model is not None else ()))
+
+    def assess(self, request: authorizer_pb2.AuthorizeRequest, card: CardRecord,
+               account: AccountRecord) -> RiskOutcome:
         """Score the authorization and run the policy over it, in the core, synchronously."""
-        policy, model = self.policy, self.model
+        policy, model, filler = self.policy, self.model, self.filler
         if policy is None:
             if model is None:
                 return NO_RISK

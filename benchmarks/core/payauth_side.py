@@ -137,10 +137,16 @@ class PayauthDecider:
                            if index >= self.n_slots]
         model_reads = set(self.vector_layout.values())
         vector_entries = [e for e in context_entries if e[0] in model_reads] + feature_entries
+        # The decision fills only what the policy's rules and the model read (the server's
+        # filler does the same, per policy and model).
+        policy_reads = self.policy.inputs_read
+        decide_entries = [e for e in context_entries
+                          if policy_reads is None or e[0] in policy_reads or e[0] in model_reads]
         plans = {
             "fill": context_entries + feature_entries,
             "fill_context": context_entries,
             "build_vector": vector_entries,
+            "decide": decide_entries + feature_entries,
         }
         self.fill_plans = plans
 
@@ -167,7 +173,7 @@ class PayauthDecider:
                 return ctx
 
             # decide(record): bound with partial, no Python frame of its own per decision.
-            decide = functools.partial(decide_core, ctx, model, plan_fill)
+            decide = functools.partial(decide_core, ctx, model, made["decide"])
 
             return {"fill": fill, "fill_context": fill_context, "build_vector": build_vector,
                     "decide": decide}
