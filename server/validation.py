@@ -9,6 +9,7 @@ Luhn check from `python-stdnum` (via `pan`).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -31,6 +32,12 @@ MAX_SHORT_TEXT = 64
 MAX_REASON = 256
 DEFAULT_MAX_HOLDS = 100
 MAX_HOLDS = 1000
+
+
+@functools.cache
+def _enum_numbers(enum: EnumTypeWrapper) -> frozenset[int]:
+    """An enum's numbers, once (`values()` builds a new list at every call)."""
+    return frozenset(enum.values())
 
 
 class Violations:
@@ -60,7 +67,7 @@ class Violations:
     def enum(self, field: str, value: int, enum: EnumTypeWrapper) -> None:
         if value == 0:
             self.add(field, "is required")
-        elif value not in enum.values():
+        elif value not in _enum_numbers(enum):
             self.add(field, f"{value} is not a known {enum.DESCRIPTOR.name} value")
 
     def currency(self, field: str, value: str) -> None:
