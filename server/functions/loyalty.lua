@@ -108,16 +108,24 @@ local function append_entry(r, e, now_ms)
   r.redeemed = r.redeemed + (e.redeemed or 0)
   r.seq = r.seq + 1
   count_figures(r, e, avail, pend, now_ms)
-  return redis.call('XADD', k_lledger(r.tag, r.program, r.id), '*',
-                    'kind', e.kind, 'points', fmt(e.points), 'avail', fmt(avail),
-                    'pend', fmt(pend), 'avail_after', fmt(r.available),
-                    'pend_after', fmt(r.pending), 'earned_after', fmt(r.earned),
-                    'redeemed_after', fmt(r.redeemed), 'state', r.state or 'active',
-                    'reason', e.reason or '',
-                    'req', e.req or '', 'ver', fmt(e.ver or 0), 'rules', e.rules or '',
-                    'ch', e.ch or '', 'auth', e.auth or '', 'rel', e.rel or '',
-                    'var', e.var or '', 'seq', fmt(r.seq), 'at', now_ms,
-                    'exp', e.exp and fmt(e.exp) or '')
+  local fields = {'XADD', k_lledger(r.tag, r.program, r.id), '*',
+                  'kind', e.kind, 'points', fmt(e.points), 'avail', fmt(avail),
+                  'pend', fmt(pend), 'avail_after', fmt(r.available),
+                  'pend_after', fmt(r.pending), 'earned_after', fmt(r.earned),
+                  'redeemed_after', fmt(r.redeemed), 'state', r.state or 'active',
+                  'ver', fmt(e.ver or 0), 'seq', fmt(r.seq), 'at', now_ms}
+  -- Optional fields only when they say something: a stream entry costs by its fields.
+  for _, name in ipairs({'reason', 'req', 'rules', 'ch', 'auth', 'rel', 'var'}) do
+    if e[name] and e[name] ~= '' then
+      fields[#fields + 1] = name
+      fields[#fields + 1] = e[name]
+    end
+  end
+  if e.exp then
+    fields[#fields + 1] = 'exp'
+    fields[#fields + 1] = fmt(e.exp)
+  end
+  return redis.call(unpack(fields))
 end
 
 -- A change of state (suspension) as a ledger record without points, so that
