@@ -44,6 +44,9 @@ from payauth.server.store import AuthorizationSnapshot, CommitResult, Store, Sto
 from payauth.server.validation import check_authorize
 from payauth.v1 import authorizer_pb2, common_pb2, events_pb2
 
+# Accounts whose loyalty link this worker remembers, at most.
+MAX_LINKS = 1_000_000
+
 
 def _conflict() -> AlreadyExistsError:
     return AlreadyExistsError(
@@ -234,6 +237,8 @@ class AuthorizePipeline:
         if link is None or self._loyalty is None:
             refusal = ("loyalty.not_member", "the account is not a loyalty member")
         else:
+            if len(self._links) >= MAX_LINKS:
+                self._links.clear()  # links never change: forgetting them only costs a read
             self._links[route.account_id] = link
             if snapshot.member is not None:
                 member = member_from_reply(keys.partition_of(route.account_id), *link,

@@ -42,6 +42,7 @@ MAX_CONDITION = 4096
 MAX_QUALIFICATION_DAYS = 730
 MAX_EXPIRY_DAYS = 3650
 MAX_SCALE = 18
+SPEND = loyalty_pb2.CHALLENGE_GOAL_SPEND_AMOUNT
 RULE_ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 POINTS_CURRENCY = re.compile(r"[A-Z0-9_]{1,16}")
 
@@ -177,17 +178,20 @@ class TierSpec:
 class EarnPlan:
     """What a purchase earns before the commit applies the member's caps and progress.
 
-    `rules` holds (rule id, points, per-day cap) for every rule that adds points;
+    `rules` holds (rule id, points, per-day cap, points before the per-purchase cap, that
+    cap) for every rule that adds points (the last two 0 for a fixed bonus, which a partial
+    approval does not scale);
     `challenges` holds (progress key, challenge id, increment, target, bonus, most
-    completions) for every challenge the purchase counts toward."""
+    completions, 1 when the increment is an amount) for every challenge the purchase counts
+    toward."""
 
     program: str
     version: int
     variant: str
     day: int
     base: int
-    rules: list[tuple[str, int, int]] = field(default_factory=list)
-    challenges: list[tuple[str, str, int, int, int, int]] = field(default_factory=list)
+    rules: list[tuple[str, int, int, int, int]] = field(default_factory=list)
+    challenges: list[tuple[str, str, int, int, int, int, int]] = field(default_factory=list)
     tier_multiplier_bps: int = BPS
     qual_days: int = 365
     expiry_ms: int = 0
@@ -332,13 +336,13 @@ class CompiledProgram:
                 else:
                     plan.rules.append((rule.id, _capped(rule.bonus_points,
                                                         rule.max_per_transaction),
-                                       rule.max_per_day))
+                                       rule.max_per_day, 0, 0))
             if multipliers and not self.add_extras:
                 multipliers = [max(multipliers, key=lambda r: r.multiplier_bps)]
             for rule in multipliers:
                 extra = numerator * (rule.multiplier_bps - BPS) // (denominator * BPS)
                 plan.rules.append((rule.id, _capped(extra, rule.max_per_transaction),
-                                   rule.max_per_day))
+                                   rule.max_per_day, extra, rule.max_per_transaction))
         if self.challenge_set is not None:
             status = self.challenge_set.match(context)
             for challenge in self.challenges:
@@ -353,7 +357,8 @@ class CompiledProgram:
                     continue  # spend in another currency counts once FX rates are kept
                 plan.challenges.append((f"{challenge.id}@{challenge.starts_ms}", challenge.id,
                                         increment, challenge.target, challenge.bonus_points,
-                                        challenge.max_completions))
+                                        challenge.max_completions,
+                                        int(challenge.goal == SPEND)))
         return plan
 
     @staticmethod

@@ -164,6 +164,9 @@ class LoyaltyStore:
         partition = await self.partition_of_member(program_id, member_id)
         if partition is None:
             wanted = keys.partition_of(account_id or member_id)
+            # The partition is recorded for good: only for an account that exists.
+            if account_id and not await self.client.exists(keys.account(wanted, account_id)):
+                return "error", "account_missing"
             raw = await self._store._fcall("payauth_loyalty_index",
                                            [keys.member_index(program_id, member_id)],
                                            [str(wanted)])

@@ -904,3 +904,30 @@ def test_a_challenge_completed_by_an_authorization_pays_once_on_replay(issuer, a
         currency="USD", final_capture=True))
     b = balance(loyalty, prog, m)
     assert (b.available_points, b.pending_points) == (4 + 300, 8)
+
+
+def test_a_partial_approval_counts_as_a_purchase_and_as_its_amount(issuer, acquirer, loyalty,
+                                                                   prog) -> None:
+    account, card, m = linked_member(issuer, loyalty, prog, balance_minor=30_000)
+    got = acquirer.authorize(purchase(card_token=card, amount_minor=60_000, mcc="4511",
+                                      partial_ok=True))
+    assert (got.iso_response_code, got.approved_amount_minor) == ("10", 30_000)
+    assert got.points_earned == 300 + 1000  # base 300, 5x capped at 1,000 extra
+    travel = {c.challenge_id: c for c in
+              loyalty.get_balance(program_id=prog, member_id=m).challenges}["travel-500"]
+    assert travel.progress == 30_000  # the amount approved, not the amount asked
+    coffee = acquirer.authorize(purchase(card_token=card, amount_minor=500, mcc="5814",
+                                         partial_ok=True))
+    assert coffee.iso_response_code == "51"  # nothing left: declined, nothing counted
+
+
+def test_a_failed_enrolment_leaves_the_member_free_to_enrol(issuer, loyalty, prog) -> None:
+    member_id = unique("m")
+    with pytest.raises(NotFoundError):
+        loyalty.upsert_member(member=L.LoyaltyMember(program_id=prog, member_id=member_id,
+                                                     account_id=unique("no-account")))
+    account = open_account(issuer, 1_000)
+    created = loyalty.upsert_member(member=L.LoyaltyMember(program_id=prog,
+                                                           member_id=member_id,
+                                                           account_id=account))
+    assert created.created and created.balance.account_id == account

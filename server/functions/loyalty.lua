@@ -234,8 +234,9 @@ loyalty.read_member = read_member
 
 --[[
 Earn under a plan computed by the server from the program (plan fields:
-program, version, variant, day, base, rules = {{id, points, day_cap}},
-challenges = {{key, id, increment, target, bonus, max_completions, ttl_ms}},
+program, version, variant, day, base, rules = {{id, points, day_cap, uncapped,
+txn_cap}},
+challenges = {{key, id, increment, target, bonus, max_completions, is_amount}},
 qual_days, expiry_ms, earn_limit), scaled by `share` = approved / asked for
 a partial approval (1 otherwise). Caps per day and challenge progress are
 applied here, atomically with the purchase. `post` puts the points in
@@ -260,7 +261,13 @@ function loyalty.earn(r, plan, share_num, share_den, post, req, auth, now_ms)
   local total = scaled(plan.base)
   local caps_key = k_caps(r.tag, r.program, r.id, plan.day)
   for _, rule in ipairs(plan.rules) do
-    local id, points, day_cap = rule[1], scaled(rule[2]), rule[3]
+    -- A multiplier's extra follows the amount approved, then its per-purchase cap; a
+    -- fixed bonus is the purchase's whatever the amount.
+    local id, points, day_cap = rule[1], rule[2], rule[3]
+    if share_num ~= share_den and rule[4] > 0 then
+      points = scaled(rule[4])
+      if rule[5] > 0 and points > rule[5] then points = rule[5] end
+    end
     if day_cap > 0 and points > 0 then
       local used = tonumber(redis.call('HGET', caps_key, id) or '0')
       if points > day_cap - used then
@@ -282,8 +289,9 @@ function loyalty.earn(r, plan, share_num, share_den, post, req, auth, now_ms)
   local bonuses = {}
   result.progress = {}
   for _, c in ipairs(plan.challenges) do
-    local key, id, increment, target, bonus, max_done =
-      c[1], c[2], scaled(c[3]), c[4], c[5], c[6]
+    -- A partial approval counts as a purchase, and as the amount approved.
+    local key, id, target, bonus, max_done = c[1], c[2], c[4], c[5], c[6]
+    local increment = c[7] == 1 and scaled(c[3]) or c[3]
     local done = tonumber(redis.call('HGET', chal_key, key .. '#done') or '0')
     if done < max_done and increment > 0 then
       local progress = redis.call('HINCRBY', chal_key, key, fmt(increment))
