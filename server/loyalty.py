@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,8 +38,6 @@ from payauth.server.loyalty_store import LoyaltyReply, LoyaltyStore, MemberRecor
 from payauth.server.metrics import LOYALTY_POINTS
 from payauth.server.validation import Violations
 from payauth.v1 import loyalty_pb2
-
-log = logging.getLogger(__name__)
 
 MAX_PROGRAM_BYTES = 1 << 20
 DEFAULT_PAGE = 50
@@ -84,7 +81,6 @@ class ProgramRegistry:
     def __init__(self, store: LoyaltyStore) -> None:
         self._store = store
         self._programs: dict[str, ProgramVersions] = {}
-        self._loading: dict[str, asyncio.Future[ProgramVersions | None]] = {}
 
     def forget(self, program_id: str | None) -> None:
         """Drop one program (an announcement named it) or all of them (None)."""

@@ -112,7 +112,7 @@ class LoyaltyStore:
     async def put_program(self, program_id: str, version: int, content_hash: str,
                           payload: bytes, now_ms: int) -> tuple[str, int]:
         """('stored', previous), ('replayed', version) or ('stale', latest)."""
-        reply = await self._store._fcall(
+        reply = await self._store.fcall(
             "payauth_loyalty_program_put",
             [keys.loyalty_program(program_id), keys.LOYALTY_PROGRAMS],
             [version, content_hash, payload, now_ms, keys.CONFIG_CHANNEL,
@@ -138,7 +138,7 @@ class LoyaltyStore:
         known = self._partitions.get((program_id, member_id))
         if known is not None:
             return known
-        raw = await self._store._fcall("payauth_loyalty_index",
+        raw = await self._store.fcall("payauth_loyalty_index",
                                        [keys.member_index(program_id, member_id)], [""])
         if raw is None:
             return None
@@ -167,12 +167,12 @@ class LoyaltyStore:
             # The partition is recorded for good: only for an account that exists.
             if account_id and not await self.client.exists(keys.account(wanted, account_id)):
                 return "error", "account_missing"
-            raw = await self._store._fcall("payauth_loyalty_index",
+            raw = await self._store.fcall("payauth_loyalty_index",
                                            [keys.member_index(program_id, member_id)],
                                            [str(wanted)])
             partition = int(raw)
             self._remember(program_id, member_id, partition)
-        reply = await self._store._fcall(
+        reply = await self._store.fcall(
             "payauth_loyalty_enroll", [keys.member(partition, program_id, member_id)],
             [keys.tag(partition), program_id, member_id, account_id, birth_month, now_ms,
              variant])
@@ -184,7 +184,7 @@ class LoyaltyStore:
     async def read(self, partition: int, program_id: str, member_id: str
                    ) -> MemberRecord | None:
         """A member's balance, next expiry and qualifying points by day; None if absent."""
-        raw = await self._store._fcall(
+        raw = await self._store.fcall(
             "payauth_loyalty_read", [keys.member(partition, program_id, member_id)],
             [keys.tag(partition), program_id, member_id])
         return member_from_reply(partition, program_id, member_id, raw)
@@ -193,7 +193,7 @@ class LoyaltyStore:
                    plan: dict[str, Any], post: bool, authorization_id: str, now_ms: int,
                    ttl_ms: int) -> LoyaltyReply:
         """Earn under `plan` (Loyalty.Earn)."""
-        return _reply(await self._store._fcall(
+        return _reply(await self._store.fcall(
             "payauth_loyalty_earn", [keys.member(m.partition, m.program_id, m.member_id)],
             [keys.tag(m.partition), m.program_id, m.member_id, request_id, fingerprint,
              json.dumps(plan), "1" if post else "0", authorization_id, now_ms, ttl_ms]))
@@ -203,7 +203,7 @@ class LoyaltyStore:
                      description: str, version: int, variant: str, now_ms: int,
                      ttl_ms: int) -> LoyaltyReply:
         """Redeem points (Loyalty.Redeem)."""
-        return _reply(await self._store._fcall(
+        return _reply(await self._store.fcall(
             "payauth_loyalty_redeem", [keys.member(m.partition, m.program_id, m.member_id)],
             [keys.tag(m.partition), m.program_id, m.member_id, request_id, fingerprint, points,
              "1" if allow_partial else "0", json.dumps(limits), authorization_id, description,
@@ -215,7 +215,7 @@ class LoyaltyStore:
                      version: int, now_ms: int, ttl_ms: int, adjust_limit: int = 0
                      ) -> LoyaltyReply:
         """Credit, debit or change the state of a member (Loyalty.Adjust)."""
-        return _reply(await self._store._fcall(
+        return _reply(await self._store.fcall(
             "payauth_loyalty_adjust", [keys.member(m.partition, m.program_id, m.member_id)],
             [keys.tag(m.partition), m.program_id, m.member_id, request_id, fingerprint, delta,
              reason, "1" if counts_toward_tier else "0", "1" if allow_negative else "0",
@@ -275,6 +275,6 @@ class LoyaltyStore:
     async def expire_lots(self, partition: int, program_id: str, member_id: str,
                           now_ms: int) -> int:
         """Expire a member's due lots; the points expired."""
-        return int(await self._store._fcall(
+        return int(await self._store.fcall(
             "payauth_loyalty_expire", [keys.member(partition, program_id, member_id)],
             [keys.tag(partition), program_id, member_id, now_ms]))

@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -323,6 +324,11 @@ class Store:
                 )
         else:
             await self.client.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY_CODE)
+
+    async def fcall(self, function: str, keys_: list[str], args: list[str | bytes | int]) -> Any:
+        """Call one payauth Function through the shared pipeline (for the other state
+        modules: the loyalty engine's)."""
+        return await self._fcall(function, keys_, args)
 
     async def _fcall(self, function: str, keys_: list[str], args: list[str | bytes | int]) -> list:
         try:
