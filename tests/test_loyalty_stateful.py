@@ -1,7 +1,8 @@
 """A hypothesis state machine drives random earn / redeem / adjust / purchase (authorize then
 capture or reverse) / expire / replay sequences against a real server, and checks after
 every step that each member's balance equals the sum of its ledger, matches a model
-(including lots expiring oldest first, exactly once), and never goes below zero."""
+(including lots expiring oldest first, exactly once, and a challenge paid once by the
+purchase that completes it, never by a reversed one), and never goes below zero."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ MEMBERS = 2
 L = loyalty_pb2
 DAY = 86400
 EXPIRY_DAYS = 10
+COFFEE, COFFEE_TARGET, COFFEE_BONUS = "5814", 3, 100
 
 
 @dataclass
@@ -31,6 +33,17 @@ class MemberModel:
     available: int = 0
     pending: int = 0
     lots: list[list[float]] = field(default_factory=list)
+    coffees: int = 0  # progress in the coffee challenge
+    coffee_done: bool = False
+
+    def count_purchase(self, mcc: str, now: float) -> None:
+        """A purchase that stays (earned, or captured) counts toward the challenge."""
+        if mcc != COFFEE or self.coffee_done:
+            return
+        self.coffees += 1
+        if self.coffees >= COFFEE_TARGET:
+            self.coffee_done, self.coffees = True, 0
+            self.credit(COFFEE_BONUS, now)
 
     def credit(self, points: int, now: float) -> None:
         self.available += points
@@ -91,6 +104,11 @@ class LoyaltyMachine(RuleBasedStateMachine):
             earn_rates=[L.EarnRate(currency="USD", points_mantissa=1, points_scale=2)],
             earning_rules=[L.EarningRule(id="grocery", multiplier_bps=20_000,
                                          condition='txn.mcc == "5411"')],
+            challenges=[L.LoyaltyChallenge(
+                id="coffee", condition=f'txn.mcc == "{COFFEE}"',
+                goal=L.CHALLENGE_GOAL_PURCHASE_COUNT, target_count=COFFEE_TARGET,
+                bonus_points=COFFEE_BONUS, starts_at={"seconds": 1},
+                ends_at={"seconds": 4_000_000_000})],
             points_expiry_days=EXPIRY_DAYS))
         self.members, self.cards, self.model = [], [], []
         for _ in range(MEMBERS):
@@ -109,7 +127,7 @@ class LoyaltyMachine(RuleBasedStateMachine):
         self.rclient.close()
 
     @rule(i=st.integers(0, MEMBERS - 1), amount=st.integers(1, 50_000),
-          mcc=st.sampled_from(["5411", "5999"]))
+          mcc=st.sampled_from(["5411", "5999", COFFEE]))
     def earn(self, i: int, amount: int, mcc: str) -> None:
         request = L.EarnRequest(
             request_id=unique("earn"), program_id=self.program, member_id=self.members[i],
@@ -119,6 +137,10 @@ class LoyaltyMachine(RuleBasedStateMachine):
         response = self.loyalty.earn(request)
         assert response.points_earned == points_for(amount, mcc)
         self.model[i].credit(response.points_earned, self.clock.now)
+        done_before = self.model[i].coffee_done
+        self.model[i].count_purchase(mcc, self.clock.now)
+        assert bool(response.completed_challenge_ids) == (
+            self.model[i].coffee_done and not done_before)
         self.earned.append((request, response))
 
     @rule(i=st.integers(0, MEMBERS - 1), points=st.integers(1, 600), partial=st.booleans())
@@ -151,7 +173,7 @@ class LoyaltyMachine(RuleBasedStateMachine):
             m.debit(-delta)
 
     @rule(i=st.integers(0, MEMBERS - 1), amount=st.integers(100, 50_000),
-          mcc=st.sampled_from(["5411", "5999"]), captured=st.booleans())
+          mcc=st.sampled_from(["5411", "5999", COFFEE]), captured=st.booleans())
     def purchase(self, i: int, amount: int, mcc: str, captured: bool) -> None:
         """An authorization earns pending points; its capture posts them, its reversal
         removes them."""
@@ -165,7 +187,8 @@ class LoyaltyMachine(RuleBasedStateMachine):
                                   authorization_id=response.authorization_id,
                                   amount_minor=amount, currency="USD", final_capture=True)
             m.credit(response.points_earned, self.clock.now)
-        else:
+            m.count_purchase(mcc, self.clock.now)  # its bonus, if any, posts with it
+        else:  # reversed at once: as if it never happened, challenge included
             self.acquirer.reverse(request_id=unique("rev"),
                                   authorization_id=response.authorization_id)
 
