@@ -38,14 +38,32 @@ class PipelineBatcher:
     def __init__(self, client: aioredis.Redis | aioredis.RedisCluster) -> None:
         self._client = client
         self._raw = isinstance(client, aioredis.Redis)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if self._raw:
+            # Connections of its own without a socket timeout: one timeout covers each
+            # batch's connection, send and replies (redis-py would start a task per send
+            # and a timer per reply to apply its own).
+            shared = client.connection_pool
+            self._timeout_s = shared.connection_kwargs.get("socket_timeout") or None
+            self._pool = aioredis.ConnectionPool(
+                connection_class=shared.connection_class,
+                max_connections=shared.max_connections,
+                **{**shared.connection_kwargs, "socket_timeout": None})
         self._pending: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
         self._flush_scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
 
+    async def close(self) -> None:
+        """Close the batcher's own connections."""
+        if self._raw:
+            await self._pool.disconnect()
+
     async def run(self, commands: Sequence[Command]) -> list[Any]:
         """Send `commands` (with other callers') and return their replies in order; a
         command that failed has its exception in its place."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # the worker's one loop; asking for it costs a getpid() on 3.11
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._pending.append((commands, future))
         if not self._flush_scheduled:
@@ -56,7 +74,8 @@ class PipelineBatcher:
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
         self._flush_scheduled = False
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        assert self._loop is not None
+        task = self._loop.create_task(self._send(batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
@@ -89,14 +108,15 @@ class PipelineBatcher:
     async def _send_raw(self, commands: list[Command]) -> list[Any]:
         """Send the commands packed on one connection and read their replies; an error
         reply takes its command's place. A connection that fails is dropped, not reused."""
-        pool = self._client.connection_pool
-        connection = await pool.get_connection()
+        pool = self._pool
+        connection = None
         try:
-            await connection.send_packed_command(
-                b"".join([hiredis.pack_command(command) for command in commands]),
-                check_health=False)
-            replies: list[Any] = []
-            async with asyncio.timeout(connection.socket_timeout):
+            async with asyncio.timeout(self._timeout_s):
+                connection = await pool.get_connection()
+                await connection.send_packed_command(
+                    b"".join([hiredis.pack_command(command) for command in commands]),
+                    check_health=False)
+                replies: list[Any] = []
                 for _ in commands:
                     try:
                         replies.append(await connection.read_response(timeout=math.inf))
@@ -104,10 +124,13 @@ class PipelineBatcher:
                         replies.append(exc)
             return replies
         except TimeoutError as exc:
-            await connection.disconnect()
-            raise RedisTimeoutError("Timeout reading from Redis") from exc
+            if connection is not None:
+                await connection.disconnect()
+            raise RedisTimeoutError("Timeout talking to Redis") from exc
         except BaseException:
-            await connection.disconnect()
+            if connection is not None:
+                await connection.disconnect()
             raise
         finally:
-            await pool.release(connection)
+            if connection is not None:
+                await pool.release(connection)

@@ -306,7 +306,8 @@ class Store:
         return aioredis.from_url(self.url)
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
+        await self._batcher.close()
         await self.client.aclose()
 
     # -- Function library -------------------------------------------------
