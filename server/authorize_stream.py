@@ -11,8 +11,8 @@ pushes back on it.
 A request that cannot be decided gets an answer on the stream instead of an
 error that would end the stream for every other request: 30 (format error,
 with the field violations as reasons), 94 (request_id reused with another
-body), 57 (not served: points), 91 (the state store did not answer; retry
-with the same request_id). None of these touched any state.
+body), 91 (the state store did not answer; retry with the same request_id).
+None of these touched any state.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from payauth.server.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
     PayauthError,
-    UnimplementedError,
 )
 from payauth.server.metrics import RPC_LATENCY, RPC_REQUESTS, count_decision
 from payauth.server.responses import decline
@@ -56,9 +55,6 @@ def refusal_answer(request: authorizer_pb2.AuthorizeRequest,
     elif isinstance(error, AlreadyExistsError):
         decline(response, common_pb2.RESPONSE_CODE_94_DUPLICATE_TRANSMISSION,
                 "request.duplicate", error.message)
-    elif isinstance(error, UnimplementedError):
-        decline(response, common_pb2.RESPONSE_CODE_57_NOT_PERMITTED_TO_CARDHOLDER,
-                "request.unsupported", error.message)
     else:
         decline(response, common_pb2.RESPONSE_CODE_91_ISSUER_UNAVAILABLE, "issuer.unavailable",
                 "no decision could be taken in time; retry with the same request_id")
