@@ -103,7 +103,7 @@ class ProgramFiguresCollector(Collector):
             rows = []
         yield from _families(rows)
 
-    async def _read(self) -> list[tuple[str, str, Figures]]:
+    async def _read(self) -> list[tuple[str, str, Figures, ProgramFigures]]:
         from payauth.server.store import Store
 
         store = Store.connect(self._url, self._cluster, self._timeout_s)
@@ -113,15 +113,35 @@ class ProgramFiguresCollector(Collector):
             now_ms = int(time.time() * 1000)
             rows = []
             for program_id in programs:
+                currency, value = await _home_point_value(client, program_id)
                 for variant, f in (await read_figures(client, program_id, now_ms)).items():
                     if any(f.counts.values()) or f.active:
-                        rows.append((program_id, variant, f))
+                        rows.append((program_id, variant, f,
+                                     figures_proto(f, 0, value, currency)))
             return rows
         finally:
             await store.close()
 
 
-def _families(rows: Iterable[tuple[str, str, Figures]]) -> Iterator[GaugeMetricFamily]:
+async def _home_point_value(client: Any, program_id: str) -> tuple[str, tuple[int, int] | None]:
+    """The home currency of a program's latest version and the value of a point in it."""
+    key = keys.loyalty_program(program_id)
+    version = await client.hget(key, "version")
+    payload = await client.hget(key, f"v{int(version)}") if version is not None else None
+    if payload is None:
+        return "", None
+    program = loyalty_pb2.LoyaltyProgram.FromString(payload)
+    for value in program.point_values:
+        if value.currency == program.home_currency:
+            return program.home_currency, (value.value_mantissa, value.value_scale)
+    return program.home_currency, None
+
+
+ProgramFigures = loyalty_pb2.ProgramFigures
+
+
+def _families(rows: Iterable[tuple[str, str, Figures, ProgramFigures]]
+              ) -> Iterator[GaugeMetricFamily]:
     specs = [
         ("payauth_loyalty_members", "Members enrolled", lambda f: f.counts["members"]),
         ("payauth_loyalty_members_active", "Members with a ledger entry in the last 30 days",
@@ -141,6 +161,13 @@ def _families(rows: Iterable[tuple[str, str, Figures]]) -> Iterator[GaugeMetricF
     rows = list(rows)
     for name, text, value in specs:
         family = GaugeMetricFamily(name, text, labels=["program", "variant"])
-        for program_id, variant, f in rows:
+        for program_id, variant, f, _ in rows:
             family.add_metric([program_id, variant], value(f))
         yield family
+    liability = GaugeMetricFamily(
+        "payauth_loyalty_liability_minor", "Outstanding points valued in the program's home "
+        "currency, in its minor units (rounded down)", labels=["program", "variant", "currency"])
+    for program_id, variant, _, proto in rows:
+        liability.add_metric([program_id, variant, proto.liability_currency],
+                             proto.liability_minor)
+    yield liability

@@ -778,6 +778,10 @@ def test_program_figures_per_variant_in_the_api_and_the_metrics(loyalty, server)
                                   timeout=10).read().decode()
     assert f'payauth_loyalty_points_issued{{program="{program_id}",variant="A"}}' in text
     assert f'payauth_loyalty_members{{program="{program_id}",variant="B"}}' in text
+    liability = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith("payauth_loyalty_liability_minor{")
+                    and f'program="{program_id}"' in line and 'currency="USD"' in line)
+    assert liability == issued - 8 * 40
 
 
 def test_a_purchase_paid_in_points(issuer, acquirer, loyalty, prog, rclient,
