@@ -26,7 +26,6 @@ from payauth.server.errors import (
 from payauth.server.lifecycle import operation_fingerprint
 from payauth.server.loyalty_figures import Figures, figures_proto, read_figures
 from payauth.server.loyalty_programs import (
-    DAY_MS,
     CompiledProgram,
     MemberState,
     ProgramError,
@@ -40,6 +39,7 @@ from payauth.server.validation import Violations
 from payauth.v1 import loyalty_pb2
 
 MAX_PROGRAM_BYTES = 1 << 20
+MAX_PURCHASE_TIME_S = 4_102_444_800  # 2100-01-01
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 
@@ -127,7 +127,7 @@ def balance_proto(m: MemberRecord, program: CompiledProgram, now_ms: int,
         suspension_reason=m.state_reason if m.state != "active" else "",
         expiring_points=m.expiring_points, program_version=program.version,
         sequence=m.sequence, variant=VARIANTS.get(program.variant(m.member_id), 0))
-    qualifying = program.qualifying_points(qualifying_by_day, now_ms // DAY_MS)
+    qualifying = program.qualifying_points(qualifying_by_day, program.day_of(now_ms))
     balance.qualifying_points = qualifying
     tier = program.tier_for(qualifying)
     if tier is not None:
@@ -309,6 +309,8 @@ class LoyaltyEngine:
         v.text("txn.merchant_id", txn.merchant_id, 64)
         v.identifier("txn.authorization_id", txn.authorization_id, required=False)
         v.timestamp("txn.timestamp", txn.timestamp, required=False)
+        if not 0 <= txn.timestamp.seconds < MAX_PURCHASE_TIME_S:
+            v.add("txn.timestamp", "must be between 1970 and 2100")
         if len(txn.attributes) > 32 or any(len(k) > 64 or len(x) > 64
                                            for k, x in txn.attributes.items()):
             v.add("txn.attributes", "at most 32 entries, keys and values at most 64 characters")
@@ -425,7 +427,7 @@ class LoyaltyEngine:
                                request.account_id)
         reason = request.reason if not request.operator_id else (
             f"{request.reason} (by {request.operator_id})")
-        day = now_ms // DAY_MS
+        day = program.day_of(now_ms)
         reply = await self.store.adjust(
             m, request.request_id, operation_fingerprint("adjust", request),
             request.points_delta, reason, request.counts_toward_tier,
@@ -591,7 +593,7 @@ def _state(m: MemberRecord) -> MemberState:
 def limits_of(program: CompiledProgram, now_ms: int) -> dict[str, int]:
     """The redemption abuse limits as the commit Functions read them."""
     limits = program.limits
-    return {"day": now_ms // DAY_MS, "day_limit": limits.max_redeem_points_per_day,
+    return {"day": program.day_of(now_ms), "day_limit": limits.max_redeem_points_per_day,
             "hour_limit": limits.max_redemptions_per_hour}
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -34,6 +36,7 @@ from payauth.server.validation import IDENTIFIER, Violations
 from payauth.v1 import common_pb2, loyalty_context_pb2, loyalty_pb2
 
 DAY_MS = 86_400_000
+_EPOCH = date(1970, 1, 1)
 BPS = 10_000
 MAX_RULES = 500
 MAX_CHALLENGES = 100
@@ -70,8 +73,9 @@ class ContextFiller:
         self._s = _SLOT
 
     def fill(self, purchase: Purchase, member: MemberState, tier: TierSpec | None,
-             variant: str) -> Any:
-        """The context of one purchase (valid until the next fill)."""
+             variant: str, local: datetime) -> Any:
+        """The context of one purchase, `local` its time in the program's time zone (valid
+        until the next fill)."""
         c, s = self.context, self._s
         c.reset()
         c.set_bool(s["txn?"], True)
@@ -85,6 +89,10 @@ class ContextFiller:
         c.set_timestamp(s["txn.timestamp"], seconds, millis * 1_000_000)
         c.set_bool(s["txn.timestamp?"], True)
         c.set_string(s["txn.merchant_id"], purchase.merchant_id)
+        c.set_int(s["txn.local_hour"], local.hour)
+        c.set_int(s["txn.local_day_of_week"], local.isoweekday() % 7)
+        c.set_int(s["txn.local_month"], local.month)
+        c.set_int(s["txn.local_day_of_month"], local.day)
         c.set_bool(s["member?"], True)
         c.set_string(s["member.id"], member.member_id)
         c.set_string(s["member.tier"], tier.id if tier else "")
@@ -262,6 +270,16 @@ class CompiledProgram:
                            == loyalty_pb2.MULTIPLIER_COMBINATION_ADD_EXTRAS)
         self.has_ab = program.HasField("ab_test")
         self.limits = program.abuse_limits
+        self.zone = ZoneInfo(program.time_zone or "UTC")
+
+    def local_time(self, at_ms: int) -> datetime:
+        """`at_ms` in the program's time zone."""
+        return datetime.fromtimestamp(at_ms / 1000, UTC).astimezone(self.zone)
+
+    def day_of(self, at_ms: int) -> int:
+        """The program's calendar day of `at_ms`, as a day number (days since 1970-01-01 in
+        the program's time zone): what per-day caps, limits and tiers count by."""
+        return (self.local_time(at_ms).date() - _EPOCH).days
 
     # -- members -----------------------------------------------------------------------
 
@@ -309,7 +327,8 @@ class CompiledProgram:
 
     def plan(self, purchase: Purchase, member: MemberState) -> EarnPlan:
         """What `purchase` earns for `member` under this version, before caps per day."""
-        day = purchase.at_ms // DAY_MS
+        local = self.local_time(purchase.at_ms)
+        day = (local.date() - _EPOCH).days
         variant = self.variant(member.member_id)
         tier = self.tier_for(self.qualifying_points(member.qualifying_by_day, day))
         tier_bps = tier.earn_multiplier_bps if tier else BPS
@@ -317,7 +336,7 @@ class CompiledProgram:
                         tier_multiplier_bps=tier_bps, qual_days=self.qualification_days,
                         expiry_ms=self.expiry_ms,
                         earn_limit=self.limits.max_earn_points_per_day)
-        context = _FILLER.fill(purchase, member, tier, variant)
+        context = _FILLER.fill(purchase, member, tier, variant, local)
         rate = self.earn_rates.get(purchase.currency)
         mantissa, scale = rate if rate else (0, 0)
         # points = amount × mantissa / 10^scale × multiplier / 10^4 × tier / 10^4
@@ -363,13 +382,15 @@ class CompiledProgram:
 
     @staticmethod
     def context_message(purchase: Purchase, member: MemberState, tier: TierSpec | None,
-                        variant: str) -> loyalty_context_pb2.LoyaltyContext:
+                        variant: str, local: datetime) -> loyalty_context_pb2.LoyaltyContext:
         """The loyalty context of a purchase as a message (what conditions read)."""
         txn = loyalty_context_pb2.LoyaltyPurchase(
             amount_minor=purchase.amount_minor, currency=purchase.currency, mcc=purchase.mcc,
             channel=_CHANNEL.get(purchase.channel, ""),
             payment_method=_METHOD.get(purchase.payment_method, ""),
-            merchant_country=purchase.merchant_country, merchant_id=purchase.merchant_id)
+            merchant_country=purchase.merchant_country, merchant_id=purchase.merchant_id,
+            local_hour=local.hour, local_day_of_week=local.isoweekday() % 7,
+            local_month=local.month, local_day_of_month=local.day)
         txn.timestamp.FromMilliseconds(purchase.at_ms)
         return loyalty_context_pb2.LoyaltyContext(
             txn=txn,
@@ -534,6 +555,11 @@ def check_program(program: loyalty_pb2.LoyaltyProgram) -> None:
         if getattr(limits, name) < 0:
             v.add(f"{p}.abuse_limits.{name}", "must not be negative")
     v.timestamp(f"{p}.effective_from", program.effective_from, required=False)
+    if program.time_zone:
+        try:
+            ZoneInfo(program.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            v.add(f"{p}.time_zone", "must be an IANA time zone, e.g. America/Sao_Paulo")
     if v.items:
         raise ProgramError(v.items)
 

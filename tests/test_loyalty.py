@@ -935,3 +935,27 @@ def test_a_failed_enrolment_leaves_the_member_free_to_enrol(issuer, loyalty, pro
                                                            member_id=member_id,
                                                            account_id=account))
     assert created.created and created.balance.account_id == account
+
+
+def test_a_program_counts_its_days_and_hours_in_its_time_zone(loyalty) -> None:
+    """São Paulo (UTC-3): Saturday 01:00 UTC is Friday 22:00 there; the per-day cap starts
+    again at local midnight, 03:00 UTC."""
+    program_id = unique("prog")
+    loyalty.upsert_program(program=program(
+        program_id, tiers=[], time_zone="America/Sao_Paulo",
+        earning_rules=[L.EarningRule(id="local-weekend", multiplier_bps=20_000,
+                                     max_points_per_day=150,
+                                     condition="txn.local_day_of_week in [0, 6]"),
+                       L.EarningRule(id="late-night", bonus_points=7,
+                                     condition="txn.local_hour >= 22")]))
+    m = member(loyalty, program_id)
+    friday_night = SATURDAY - 11 * 3600  # 01:00 UTC Saturday = 22:00 Friday in São Paulo
+    got = earn(loyalty, program_id, m, 10_000, at=friday_night)
+    assert (got.points_earned, list(got.rule_ids)) == (100 + 7, ["late-night"])
+    saturday_early = SATURDAY - 9 * 3600 + 60  # 00:01 Saturday in São Paulo
+    assert earn(loyalty, program_id, m, 10_000, at=saturday_early).points_earned == 200
+    assert earn(loyalty, program_id, m, 10_000, at=saturday_early).points_earned == 150
+    sunday_early = saturday_early + DAY  # a new local day: the cap starts again
+    assert earn(loyalty, program_id, m, 10_000, at=sunday_early).points_earned == 200
+    with pytest.raises(InvalidArgumentError):
+        loyalty.upsert_program(program=program(unique("prog"), time_zone="Mars/Olympus"))
