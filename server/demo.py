@@ -104,7 +104,8 @@ def train_demo_model() -> bytes:
 def demo_program(version: int) -> loyalty_pb2.LoyaltyProgram:
     """The demo loyalty program: 1 point per USD 1.00 (1 point = USD 0.01), double at
     groceries on weekends, triple in the member's birthday month, a Silver tier at 1,000
-    points, and a coffee challenge."""
+    points, and a coffee challenge open for a year from the load (`version` is its Unix
+    time)."""
     lp = loyalty_pb2
     return lp.LoyaltyProgram(
         program_id="demo-rewards", version=version, name="Demo rewards",
@@ -126,7 +127,8 @@ def demo_program(version: int) -> loyalty_pb2.LoyaltyProgram:
         challenges=[lp.LoyaltyChallenge(
             id="coffee-5", name="5 coffees", condition='txn.mcc == "5814"',
             goal=lp.CHALLENGE_GOAL_PURCHASE_COUNT, target_count=5, bonus_points=200,
-            starts_at={"seconds": 1_767_225_600}, ends_at={"seconds": 1_798_761_600})],
+            starts_at={"seconds": version - 86_400},
+            ends_at={"seconds": version + 365 * 86_400})],
         points_expiry_days=365)
 
 
