@@ -117,9 +117,10 @@ class AuthorizePipeline:
                 route = await self._look_up(request.card_token, pan_hash)
                 if route is None:
                     return await self._unknown_card(request, fingerprint, now)
+            link = self._links.get(route.account_id)
             snapshot = await self._store.read_authorization(
                 route.card_token, route.account_id, request.request_id, fingerprint,
-                self._idem_ttl_ms, pan_hash, self._links.get(route.account_id),
+                self._idem_ttl_ms, pan_hash, link, self._qualifying_window(link, request, now),
             )
             if _route_is_stale(route, snapshot, pan_hash):
                 self._routes.forget(reference)
@@ -127,6 +128,21 @@ class AuthorizePipeline:
             self._routes.remember(reference, route)
             return await self._decide(request, route, snapshot, fingerprint, now)
         raise AbortedError("the card was changed while it was being authorized; retry the request")
+
+    def _qualifying_window(self, link: tuple[str, str] | None,
+                           request: authorizer_pb2.AuthorizeRequest,
+                           now: float) -> tuple[int, int] | None:
+        """(day, days) over which the member's qualifying points are summed in the read,
+        when this worker knows the member's program; None reads them by day."""
+        if link is None or self._loyalty is None:
+            return None
+        versions = self._loyalty.programs.cached(link[0])
+        if versions is None:
+            return None
+        at_ms = (request.timestamp.ToMilliseconds() if request.HasField("timestamp")
+                 else int(now * 1000))
+        program = versions.at(at_ms)
+        return program.day_of(at_ms), program.qualification_days
 
     async def _look_up(self, card_token: str, pan_hash: str | None) -> CardRoute | None:
         if pan_hash is not None:

@@ -89,6 +89,10 @@ class ProgramRegistry:
         else:
             self._programs.pop(program_id, None)
 
+    def cached(self, program_id: str) -> ProgramVersions | None:
+        """The program if this worker has it compiled already (no Redis read)."""
+        return self._programs.get(program_id)
+
     async def get(self, program_id: str) -> ProgramVersions | None:
         """The program's versions, None when it was never stored."""
         known = self._programs.get(program_id)
@@ -242,7 +246,9 @@ class LoyaltyEngine:
                     [("member.account_id", "must stay the member's enrolled account")]),
             }[str(result)]
         assert isinstance(result, MemberRecord)
-        record = await self.store.read(result.partition, m.program_id, m.member_id)
+        program = versions.at(now_ms)
+        record = await self.store.read(result.partition, m.program_id, m.member_id,
+                                       (program.day_of(now_ms), program.qualification_days))
         assert record is not None
         return loyalty_pb2.UpsertMemberResponse(
             created=status == "created",
@@ -250,8 +256,11 @@ class LoyaltyEngine:
                                   record.qualifying_by_day or {}))
 
     async def _member(self, program_id: str, which: str | None, member_id: str,
-                      account_id: str) -> MemberRecord:
-        """The member a request names (by member id or account), read now."""
+                      account_id: str, program: CompiledProgram | None = None,
+                      at_ms: int = 0) -> MemberRecord:
+        """The member a request names (by member id or account), read now; its qualifying
+        points summed over `program`'s qualification window that ends on `at_ms`'s day
+        (none without a program)."""
         if which == "account_id":
             link = await self.store.member_of_account(account_id)
             if link is None or link[0] != program_id:
@@ -261,7 +270,9 @@ class LoyaltyEngine:
         partition = await self.store.partition_of_member(program_id, member_id)
         record = None
         if partition is not None:
-            record = await self.store.read(partition, program_id, member_id)
+            window = ((program.day_of(at_ms), program.qualification_days) if program
+                      else (0, 0))
+            record = await self.store.read(partition, program_id, member_id, window)
         if record is None:
             raise NotFoundError(f"member {member_id} is not enrolled in program {program_id}")
         return record
@@ -274,10 +285,10 @@ class LoyaltyEngine:
         _member_violations(v, request.program_id, which, request.member_id, request.account_id)
         v.raise_if_any()
         versions = await self._program(request.program_id)
-        m = await self._member(request.program_id, which, request.member_id,
-                               request.account_id)
         now_ms = self._now_ms()
         program = versions.at(now_ms)
+        m = await self._member(request.program_id, which, request.member_id,
+                               request.account_id, program, now_ms)
         response = loyalty_pb2.GetBalanceResponse(balance=balance_proto(
             m, program, now_ms, m.qualifying_by_day or {}))
         counts = m.challenges or {}
@@ -316,11 +327,11 @@ class LoyaltyEngine:
             v.add("txn.attributes", "at most 32 entries, keys and values at most 64 characters")
         v.raise_if_any()
         versions = await self._program(request.program_id)
-        m = await self._member(request.program_id, which, request.member_id,
-                               request.account_id)
         now_ms = self._now_ms()
         at_ms = txn.timestamp.ToMilliseconds() if txn.HasField("timestamp") else now_ms
         program = versions.at(at_ms)
+        m = await self._member(request.program_id, which, request.member_id,
+                               request.account_id, program, at_ms)
         purchase = Purchase(txn.amount_minor, txn.currency, txn.mcc, txn.merchant_id,
                             txn.merchant_country, txn.channel, txn.payment_method, at_ms)
         plan = program.plan(purchase, _state(m))
@@ -381,7 +392,7 @@ class LoyaltyEngine:
         else:
             points = program.points_for_value(request.value_minor, currency) or 0
         m = await self._member(request.program_id, which, request.member_id,
-                               request.account_id)
+                               request.account_id, program, now_ms)
         limits = limits_of(program, now_ms)
         reply = await self.store.redeem(
             m, request.request_id, operation_fingerprint("redeem", request), points,
@@ -424,7 +435,7 @@ class LoyaltyEngine:
         now_ms = self._now_ms()
         program = versions.at(now_ms)
         m = await self._member(request.program_id, which, request.member_id,
-                               request.account_id)
+                               request.account_id, program, now_ms)
         reason = request.reason if not request.operator_id else (
             f"{request.reason} (by {request.operator_id})")
         day = program.day_of(now_ms)
@@ -515,8 +526,9 @@ class LoyaltyEngine:
             v.add("cursor", "is not a cursor returned by WatchBalance")
         v.raise_if_any()
         versions = await self._program(request.program_id)
+        started_ms = self._now_ms()
         m = await self._member(request.program_id, which, request.member_id,
-                               request.account_id)
+                               request.account_id, versions.at(started_ms), started_ms)
         cursor = request.cursor
         if not cursor:
             now_ms = self._now_ms()
@@ -531,7 +543,9 @@ class LoyaltyEngine:
                 continue
             versions = await self._program(request.program_id)
             now_ms = self._now_ms()
-            fresh = await self.store.read(m.partition, m.program_id, m.member_id)
+            program = versions.at(now_ms)
+            fresh = await self.store.read(m.partition, m.program_id, m.member_id,
+                                          (program.day_of(now_ms), program.qualification_days))
             if fresh is not None:
                 by_day = fresh.qualifying_by_day or by_day
             for record_id, fields in rows:

@@ -181,12 +181,16 @@ class LoyaltyStore:
             return status, reply[1].decode()
         return status, _member(partition, program_id, member_id, reply[1:])
 
-    async def read(self, partition: int, program_id: str, member_id: str
-                   ) -> MemberRecord | None:
-        """A member's balance, next expiry and qualifying points by day; None if absent."""
+    async def read(self, partition: int, program_id: str, member_id: str,
+                   window: tuple[int, int] | None = None) -> MemberRecord | None:
+        """A member's balance, next expiry and qualifying points; None if absent. With
+        `window` (day, days) the qualifying points come summed over the days that end with
+        that day, as one {day: sum} entry; without it, by day."""
+        args: list[str | bytes | int] = [keys.tag(partition), program_id, member_id]
+        if window is not None:
+            args += ["", window[0], window[1]]
         raw = await self._store.fcall(
-            "payauth_loyalty_read", [keys.member(partition, program_id, member_id)],
-            [keys.tag(partition), program_id, member_id])
+            "payauth_loyalty_read", [keys.member(partition, program_id, member_id)], args)
         return member_from_reply(partition, program_id, member_id, raw)
 
     async def earn(self, m: MemberRecord, request_id: str, fingerprint: str,

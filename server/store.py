@@ -366,10 +366,12 @@ class Store:
         claim_ttl_ms: int,
         pan_hash: str | None,
         member: tuple[str, str] | None = None,
+        member_window: tuple[int, int] | None = None,
     ) -> AuthorizationSnapshot:
         """One pipeline: card, account (with its loyalty link), stored answer, request_id
         claim (set when new), and the account's loyalty member when `member` (program,
-        member id) names it."""
+        member id) names it (its qualifying points summed over `member_window`, (day, days),
+        when given)."""
         partition = keys.partition_of(account_id)
         claim = keys.request_claim(request_id)
         commands: list[tuple] = [
@@ -381,8 +383,10 @@ class Store:
         if pan_hash is not None:
             commands.append(("GET", keys.pan_index(pan_hash)))
         if member is not None:
+            window = member_window if member_window is not None else ("", "")
             commands.append(("FCALL", "payauth_loyalty_read", 1,
-                             keys.member(partition, *member), keys.tag(partition), *member))
+                             keys.member(partition, *member), keys.tag(partition), *member,
+                             "earning", *window))
         started = time.perf_counter()
         replies = await self._batcher.run(commands)
         READ_LATENCY.observe(time.perf_counter() - started)

@@ -551,7 +551,10 @@ end
 --[[
 loyalty_read: a member's balance and what earning needs to know of it.
 KEYS: 1 member
-ARGV: 1 tag, 2 program, 3 member
+ARGV: 1 tag, 2 program, 3 member, 4 'earning' to leave out what only readers of the
+      balance need (challenge progress, the latest ledger id), 5 a day number and
+      6 a number of days: the qualifying points are then summed over the days that end
+      with that day and returned as one (day, sum) pair
 Returns {'ok', ...balance, challenge progress (flat hash), id of the latest
 ledger record, qualifying days and points (flat)} or {'missing'}.
 --]]
@@ -562,10 +565,31 @@ local function loyalty_read(keys, args)
     return {'missing'}
   end
   local reply = reply_with({'ok'}, r)
-  reply[#reply + 1] = redis.call('HGETALL', k_chal(tag, p, m))
-  local last = redis.call('XREVRANGE', k_lledger(tag, p, m), '+', '-', 'COUNT', 1)
-  reply[#reply + 1] = #last > 0 and last[1][1] or '0-0'
-  for _, v in ipairs(redis.call('HGETALL', k_qual(tag, p, m))) do reply[#reply + 1] = v end
+  if args[4] == 'earning' then
+    -- What an authorization's earn plan needs, and no more: no challenge progress, no
+    -- ledger position (the commit applies both itself).
+    reply[#reply + 1] = {}
+    reply[#reply + 1] = '0-0'
+  else
+    reply[#reply + 1] = redis.call('HGETALL', k_chal(tag, p, m))
+    local last = redis.call('XREVRANGE', k_lledger(tag, p, m), '+', '-', 'COUNT', 1)
+    reply[#reply + 1] = #last > 0 and last[1][1] or '0-0'
+  end
+  local buckets = redis.call('HGETALL', k_qual(tag, p, m))
+  if args[5] and args[5] ~= '' then
+    -- Only the sum over the qualification window that ends on day args[5]: a member
+    -- earning daily has hundreds of day buckets, too many to send for every read.
+    local day, days = tonumber(args[5]), tonumber(args[6])
+    local sum = 0
+    for i = 1, #buckets, 2 do
+      local d = tonumber(buckets[i])
+      if d <= day and d > day - days then sum = sum + tonumber(buckets[i + 1]) end
+    end
+    reply[#reply + 1] = args[5]
+    reply[#reply + 1] = fmt(sum)
+  else
+    for _, v in ipairs(buckets) do reply[#reply + 1] = v end
+  end
   return reply
 end
 
