@@ -199,19 +199,58 @@ local function credit_available(r, e, expiry_ms, now_ms)
   return id
 end
 
+--[[
+Qualifying points: one bucket per day (`lq`), and on the member the sum over
+the window of `qwin` days that ends with day `qday` (`qsum`), where `qday` is
+the latest day ever counted (no bucket is later). The sum over a window that
+ends on a later day is the kept sum less the buckets that left the window:
+O(days moved) instead of O(days kept). Anything else scans the buckets.
+--]]
+local function qualifying(r, day, days)
+  local qd, qw = tonumber(r.qday or ''), tonumber(r.qwin or '')
+  local key = k_qual(r.tag, r.program, r.id)
+  if qd == nil or qw ~= days or day < qd or day - qd >= days then
+    local sum = 0
+    local buckets = redis.call('HGETALL', key)
+    for i = 1, #buckets, 2 do
+      local d = tonumber(buckets[i])
+      if d <= day and d > day - days then sum = sum + tonumber(buckets[i + 1]) end
+    end
+    return sum
+  end
+  local sum = tonumber(r.qsum or '0')
+  local gone = {}
+  for d = qd - days + 1, day - days do gone[#gone + 1] = fmt(d) end
+  if #gone > 0 then
+    for _, v in ipairs(redis.call('HMGET', key, unpack(gone))) do
+      if v then sum = sum - tonumber(v) end
+    end
+  end
+  return sum
+end
+
+-- Count `points` (negative to take back) on `day` toward tiers, keeping the sum.
 local function add_qualifying(r, day, points, window_days)
-  if points <= 0 then
+  if points == 0 then
     return
   end
+  day = tonumber(day)
+  local target = day
+  if r.qday and r.qday ~= '' and tonumber(r.qday) > day then target = tonumber(r.qday) end
+  local sum = qualifying(r, target, window_days)  -- before this change
+  if day <= target and day > target - window_days then sum = sum + points end
   local key = k_qual(r.tag, r.program, r.id)
   redis.call('HINCRBY', key, day, fmt(points))
   if redis.call('HLEN', key) > window_days + 8 then
     for _, d in ipairs(redis.call('HKEYS', key)) do
-      if tonumber(d) <= tonumber(day) - window_days - 2 then
+      if tonumber(d) <= day - window_days - 2 then
         redis.call('HDEL', key, d)
       end
     end
   end
+  r.qsum, r.qday, r.qwin = fmt(sum), fmt(target), fmt(window_days)
+  redis.call('HSET', k_member(r.tag, r.program, r.id), 'qsum', r.qsum, 'qday', r.qday,
+             'qwin', r.qwin)
 end
 
 -- Points added by one abuse-limited activity today; true when `limit` would be
@@ -424,9 +463,9 @@ function loyalty.on_hold(tag, h, hold_key, what, num, den, req, auth_id, now_ms)
       append_entry(r, {kind = 'REVERSE', points = -(earn + bonus), pend = -(earn + bonus),
                        earned = -(earn + bonus), reason = 'purchase reversed', req = req,
                        auth = auth_id, rel = h.l_earn_entry}, now_ms)
-      local qkey = k_qual(r.tag, r.program, r.id)
-      if h.l_day and redis.call('HEXISTS', qkey, h.l_day) == 1 then
-        redis.call('HINCRBY', qkey, h.l_day, fmt(-(earn + bonus)))
+      if h.l_day and h.l_day ~= '' and
+          redis.call('HEXISTS', k_qual(r.tag, r.program, r.id), h.l_day) == 1 then
+        add_qualifying(r, h.l_day, -(earn + bonus), tonumber(r.qwin or '0') or 0)
       end
     end
     -- Undo what the purchase did to challenges: a completion it made is taken back and
@@ -575,20 +614,15 @@ local function loyalty_read(keys, args)
     local last = redis.call('XREVRANGE', k_lledger(tag, p, m), '+', '-', 'COUNT', 1)
     reply[#reply + 1] = #last > 0 and last[1][1] or '0-0'
   end
-  local buckets = redis.call('HGETALL', k_qual(tag, p, m))
   if args[5] and args[5] ~= '' then
     -- Only the sum over the qualification window that ends on day args[5]: a member
-    -- earning daily has hundreds of day buckets, too many to send for every read.
-    local day, days = tonumber(args[5]), tonumber(args[6])
-    local sum = 0
-    for i = 1, #buckets, 2 do
-      local d = tonumber(buckets[i])
-      if d <= day and d > day - days then sum = sum + tonumber(buckets[i + 1]) end
-    end
+    -- earning daily has hundreds of day buckets, too many to send (or scan) every read.
     reply[#reply + 1] = args[5]
-    reply[#reply + 1] = fmt(sum)
+    reply[#reply + 1] = fmt(qualifying(r, tonumber(args[5]), tonumber(args[6])))
   else
-    for _, v in ipairs(buckets) do reply[#reply + 1] = v end
+    for _, v in ipairs(redis.call('HGETALL', k_qual(tag, p, m))) do
+      reply[#reply + 1] = v
+    end
   end
   return reply
 end
