@@ -73,3 +73,6 @@ cdef class TreeEnsemble:
     cdef double margin(self, const double *x) noexcept nogil
     # The model's output transform (link) applied to a raw margin.
     cdef double probability(self, double margin) noexcept nogil
+    # The raw margin of a decision vector or an Activation (what margin_of and its twins
+    # share).
+    cdef double _margin_of(self, object x) except? -1.0

@@ -547,11 +547,12 @@ cdef class TreeEnsemble:
         """True when splits read the decision vector itself, not the row buffer."""
         return self._n_gather < 0
 
-    def margin_of(self, x) -> float:
-        """The raw margin of one decision vector (float64, length >= width), or of an
-        Activation's numeric vector (read in place)."""
+    cdef double _margin_of(self, object x) except? -1.0:
+        """The raw margin of a decision vector or an Activation: the input resolved once
+        (the memoryview held while the walk reads it), the walk without the GIL."""
         cdef const double[::1] hold
         cdef const double *p
+        cdef double m
         if type(x) is Activation:
             p = _context_input(<Activation>x, self._width)
         else:
@@ -559,44 +560,24 @@ cdef class TreeEnsemble:
                 raise TypeError("the decision vector must not be None")
             hold = x
             p = _vector(hold, self._width)
-        cdef double m
         with nogil:
             m = self.margin(p)
         return m
 
+    def margin_of(self, x) -> float:
+        """The raw margin of one decision vector (float64, length >= width), or of an
+        Activation's numeric vector (read in place)."""
+        return self._margin_of(x)
+
     def probability_of(self, x) -> float:
         """The probability (the link applied to the margin) of one decision vector, or of
         an Activation's numeric vector (read in place, no copy)."""
-        cdef const double[::1] hold
-        cdef const double *p
-        if type(x) is Activation:
-            p = _context_input(<Activation>x, self._width)
-        else:
-            if x is None:
-                raise TypeError("the decision vector must not be None")
-            hold = x
-            p = _vector(hold, self._width)
-        cdef double r
-        with nogil:
-            r = self.probability(self.margin(p))
-        return r
+        return self.probability(self._margin_of(x))
 
     def score(self, x) -> tuple:
         """(raw margin, probability) of one decision vector or Activation."""
-        cdef const double[::1] hold
-        cdef const double *p
-        if type(x) is Activation:
-            p = _context_input(<Activation>x, self._width)
-        else:
-            if x is None:
-                raise TypeError("the decision vector must not be None")
-            hold = x
-            p = _vector(hold, self._width)
-        cdef double m, r
-        with nogil:
-            m = self.margin(p)
-            r = self.probability(m)
-        return m, r
+        cdef double m = self._margin_of(x)
+        return m, self.probability(m)
 
     def margins(self, const double[:, ::1] rows not None):
         """Raw margins of a C-contiguous float64 matrix, one decision vector per row."""
