@@ -244,26 +244,29 @@ class Driver:
                 command: dict[str, Any] = await loop.run_in_executor(None, self.conn.recv)
                 if command["op"] == "stop":
                     break
-                cpu_started = time.process_time()
-                if command["op"] == "open":
-                    # Build the requests first, then wait for the common start time, so
-                    # building them never delays the schedule.
-                    plan = self.mix.plan(max(1, int(command["args"]["rate"]
-                                                    * command["args"]["duration_s"])),
-                                         time.time())
-                    self.conn.send("armed")
-                    t0 = await loop.run_in_executor(None, self.conn.recv)
-                    cpu_started = time.process_time()
-                    result = await self.phase_open(plan=plan, t0=t0, **command["args"])
-                elif command["op"] == "reconnect":
+                if command["op"] == "reconnect":
                     self.conn.send(await self.reconnect(**command["args"]))
                     continue
-                else:
-                    result = await self.phase_closed(**command["args"])
-                result.cpu_s = time.process_time() - cpu_started
-                self.conn.send(result)
+                self.conn.send(await self.run_phase(command["op"], dict(command["args"])))
         finally:
             await self.close()
+
+    async def run_phase(self, op: str, args: dict[str, Any]) -> PhaseResult:
+        """One phase the parent asked for ("open" or "closed"), with the CPU it took."""
+        cpu_started = time.process_time()
+        if op == "open":
+            # Build the requests first, then wait for the common start time, so building
+            # them never delays the schedule.
+            loop = asyncio.get_running_loop()
+            plan = self.mix.plan(max(1, int(args["rate"] * args["duration_s"])), time.time())
+            self.conn.send("armed")
+            t0 = await loop.run_in_executor(None, self.conn.recv)
+            cpu_started = time.process_time()
+            result = await self.phase_open(plan=plan, t0=t0, **args)
+        else:
+            result = await self.phase_closed(**args)
+        result.cpu_s = time.process_time() - cpu_started
+        return result
 
     def _result(self, recorder: Recorder, sent: int, first_send: float, incomplete: int,
                 window_s: float = 0.0) -> PhaseResult:

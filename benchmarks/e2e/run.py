@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -687,10 +688,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; write and print its results."""
-    args = parse_args(argv)
-    harness = Harness(args)
+def run_and_write(harness: Harness, out: Path, stem: str,
+                  plot: Callable[[dict[str, Any], Path], Any],
+                  summary: Callable[[dict[str, Any]], str]) -> int:
+    """Run a harness; write `<stem>.json` and `<stem>.png` under `out`, print the table."""
     try:
         doc = harness.run()
     except KeyboardInterrupt:
@@ -698,17 +699,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         harness.stop()
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / "e2e.json"
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"{stem}.json"
     tmp = json_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(json_path)
-    png_path = args.out / "e2e.png"
-    report.plot(doc, png_path)
+    png_path = out / f"{stem}.png"
+    plot(doc, png_path)
     print()
-    print(report.summary(doc))
+    print(summary(doc))
     print(f"wrote {json_path} and {png_path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; write and print its results."""
+    args = parse_args(argv)
+    return run_and_write(Harness(args), args.out, "e2e", report.plot, report.summary)
 
 
 if __name__ == "__main__":

@@ -91,39 +91,17 @@ class LoyaltyDriver(Driver):
         self._earn_calls[channel] = EARN.bind(self.clients[server][channel]._channel)
         return answer
 
-    async def serve(self) -> None:
-        """Connect, say ready, then run the parent's commands until told to stop."""
-        await self.connect()
-        self.conn.send("ready")
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                command: dict[str, Any] = await loop.run_in_executor(None, self.conn.recv)
-                op = command["op"]
-                if op == "stop":
-                    break
-                if op == "reconnect":
-                    self.conn.send(await self.reconnect(**command["args"]))
-                    continue
-                args = dict(command["args"])
-                self.mix = self.mixes[args.pop("pool", "without")]
-                self._earning_answers = self._points = 0
-                cpu_started = time.process_time()
-                if op == "open":
-                    plan = self.mix.plan(max(1, int(args["rate"] * args["duration_s"])),
-                                         time.time())
-                    self.conn.send("armed")
-                    t0 = await loop.run_in_executor(None, self.conn.recv)
-                    cpu_started = time.process_time()
-                    result = await self.phase_open(plan=plan, t0=t0, **args)
-                elif op == "earn":
-                    result = await self.phase_earn(**args)
-                else:
-                    result = await self.phase_closed(**args)
-                result.cpu_s = time.process_time() - cpu_started
-                self.conn.send(result)
-        finally:
-            await self.close()
+    async def run_phase(self, op: str, args: dict[str, Any]) -> PhaseResult:
+        """A phase on the pool of cards it names ("with" or "without" members), or an
+        "earn" phase of Loyalty.Earn calls."""
+        self.mix = self.mixes[args.pop("pool", "without")]
+        self._earning_answers = self._points = 0
+        if op != "earn":
+            return await super().run_phase(op, args)
+        cpu_started = time.process_time()
+        result = await self.phase_earn(**args)
+        result.cpu_s = time.process_time() - cpu_started
+        return result
 
     def _result(self, recorder: Recorder, sent: int, first_send: float, incomplete: int,
                 window_s: float = 0.0) -> LoyaltyPhaseResult:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import random
@@ -43,7 +42,7 @@ import uvloop  # noqa: E402
 
 from benchmarks.e2e import dataset  # noqa: E402
 from benchmarks.e2e import report as e2e_report  # noqa: E402
-from benchmarks.e2e.run import Harness, Phase, _merge, machine  # noqa: E402
+from benchmarks.e2e.run import Harness, Phase, _merge, machine, run_and_write  # noqa: E402
 from benchmarks.e2e.servers import (  # noqa: E402
     REPO_ROOT,
     Counters,
@@ -485,25 +484,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; write and print its results."""
     args = parse_args(argv)
-    harness = LoyaltyHarness(args)
-    try:
-        doc = harness.run()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        harness.stop()
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / "loyalty.json"
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(json_path)
-    png_path = args.out / "loyalty.png"
-    report.plot(doc, png_path)
-    print()
-    print(report.summary(doc))
-    print(f"wrote {json_path} and {png_path}")
-    return 0
+    return run_and_write(LoyaltyHarness(args), args.out, "loyalty", report.plot,
+                         report.summary)
 
 
 if __name__ == "__main__":
