@@ -43,25 +43,13 @@ def clock(tmp_path_factory: pytest.TempPathFactory) -> ServerClock:
 
 
 @pytest.fixture(scope="module")
-def server(lifecycle_redis: RedisProcess, clock: ServerClock,
+def payauth(lifecycle_redis: RedisProcess, clock: ServerClock,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[PayauthProcess]:
     process = PayauthProcess(
         tmp_path_factory.mktemp("lifecycle"), redis_url=lifecycle_redis.url, workers=2,
         extra=("--clock-file", str(clock.path), "--sweep-interval", "0.1")).start()
     yield process
     assert process.stop() == 0, process.output()
-
-
-@pytest.fixture
-def issuer(server: PayauthProcess) -> Iterator[IssuerClient]:
-    with IssuerClient(server.target, timeout=5) as client:
-        yield client
-
-
-@pytest.fixture
-def acquirer(server: PayauthProcess) -> Iterator[AcquirerClient]:
-    with AcquirerClient(server.target, timeout=5) as client:
-        yield client
 
 
 @pytest.fixture
@@ -325,13 +313,13 @@ def _outcome(call) -> str:  # noqa: ANN001
     return run()
 
 
-def test_early_reversal_race_never_leaves_a_hold(server, issuer, clock) -> None:
+def test_early_reversal_race_never_leaves_a_hold(payauth, issuer, clock) -> None:
     account = open_account(issuer, 10**9)
     card = issue_card(issuer, account)
 
     async def race() -> list[tuple[str, str]]:
-        async with AsyncAcquirerClient(server.target, timeout=10) as a, \
-                AsyncAcquirerClient(server.target, timeout=10,
+        async with AsyncAcquirerClient(payauth.target, timeout=10) as a, \
+                AsyncAcquirerClient(payauth.target, timeout=10,
                                     options=(("grpc.use_local_subchannel_pool", 1),)) as b:
             results = []
             for _ in range(40):
@@ -349,14 +337,14 @@ def test_early_reversal_race_never_leaves_a_hold(server, issuer, clock) -> None:
     assert account_state(issuer, account)[1] == 0
 
 
-def test_capture_reverse_and_expiry_race_on_one_hold(server, issuer, acquirer, clock) -> None:
+def test_capture_reverse_and_expiry_race_on_one_hold(payauth, issuer, acquirer, clock) -> None:
     account = open_account(issuer, 10**9)
     card = issue_card(issuer, account)
     auths = [approve(acquirer, clock, card, 1_000) for _ in range(20)]
     clock.advance(7 * DAY + 1)  # due now: the sweepers join the race
 
     async def race(auth: str) -> tuple[str, str]:
-        async with AsyncAcquirerClient(server.target, timeout=10) as client:
+        async with AsyncAcquirerClient(payauth.target, timeout=10) as client:
             return tuple(await asyncio.gather(
                 _outcome(client.capture(request_id=unique("cap"), authorization_id=auth,
                                         amount_minor=1_000, currency="USD",
@@ -377,12 +365,12 @@ def test_capture_reverse_and_expiry_race_on_one_hold(server, issuer, acquirer, c
     assert balance == 10**9 - captured * 1_000
 
 
-def test_two_servers_sweeping_release_each_hold_once(lifecycle_redis, server, issuer, acquirer,
+def test_two_servers_sweeping_release_each_hold_once(lifecycle_redis, payauth, issuer, acquirer,
                                                      clock, rclient, tmp_path) -> None:
     # Another node: its own data folder, the same Redis and PAN key.
     other = PayauthProcess(tmp_path / "other", redis_url=lifecycle_redis.url, workers=2,
                            extra=("--clock-file", str(clock.path), "--sweep-interval", "0.05",
-                                  "--pan-key-file", str(server.data_dir / "pan.key")),
+                                  "--pan-key-file", str(payauth.data_dir / "pan.key")),
                            ).start()
     try:
         account = open_account(issuer, 10**9)
@@ -414,7 +402,7 @@ def test_lifecycle_events_carry_the_authorization(issuer, acquirer, clock, rclie
     assert kinds == [b"authorization", b"capture", b"reversal", b"refund"]
 
 
-def test_reconcile_and_settlement(server, lifecycle_redis, issuer, acquirer, clock, tmp_path,
+def test_reconcile_and_settlement(payauth, lifecycle_redis, issuer, acquirer, clock, tmp_path,
                                   rclient) -> None:
     import csv
     import subprocess
@@ -499,7 +487,7 @@ def test_reversal_in_another_currency_is_refused(issuer, acquirer, clock) -> Non
     assert account_state(issuer, account)[1] == 10_000
 
 
-def test_a_sweeper_killed_mid_sweep_leaves_nothing_half_done(lifecycle_redis, server, issuer,
+def test_a_sweeper_killed_mid_sweep_leaves_nothing_half_done(lifecycle_redis, payauth, issuer,
                                                             acquirer, clock, rclient,
                                                             tmp_path) -> None:
     import signal
@@ -507,7 +495,7 @@ def test_a_sweeper_killed_mid_sweep_leaves_nothing_half_done(lifecycle_redis, se
 
     other = PayauthProcess(tmp_path / "other", redis_url=lifecycle_redis.url, workers=1,
                            extra=("--clock-file", str(clock.path), "--sweep-interval", "0.01",
-                                  "--pan-key-file", str(server.data_dir / "pan.key")),
+                                  "--pan-key-file", str(payauth.data_dir / "pan.key")),
                            ).start()
     account = open_account(issuer, 10**9)
     card = issue_card(issuer, account)

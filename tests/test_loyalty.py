@@ -20,7 +20,6 @@ from payauth.clients import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
-    IssuerClient,
     LoyaltyClient,
     NotFoundError,
 )
@@ -114,7 +113,7 @@ def saturday(clock: ServerClock) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(loyalty_redis: RedisProcess, clock: ServerClock,
+def payauth(loyalty_redis: RedisProcess, clock: ServerClock,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[PayauthProcess]:
     process = PayauthProcess(
         tmp_path_factory.mktemp("loyalty"), redis_url=loyalty_redis.url, workers=2,
@@ -124,20 +123,8 @@ def server(loyalty_redis: RedisProcess, clock: ServerClock,
 
 
 @pytest.fixture
-def loyalty(server: PayauthProcess) -> Iterator[LoyaltyClient]:
-    with LoyaltyClient(server.target, timeout=5) as client:
-        yield client
-
-
-@pytest.fixture
-def issuer(server: PayauthProcess) -> Iterator[IssuerClient]:
-    with IssuerClient(server.target, timeout=5) as client:
-        yield client
-
-
-@pytest.fixture
-def acquirer(server: PayauthProcess) -> Iterator[AcquirerClient]:
-    with AcquirerClient(server.target, timeout=5) as client:
+def loyalty(payauth: PayauthProcess) -> Iterator[LoyaltyClient]:
+    with LoyaltyClient(payauth.target, timeout=5) as client:
         yield client
 
 
@@ -441,12 +428,12 @@ def test_redeem_by_points_and_by_value(loyalty, prog, rclient) -> None:
     assert (b.available_points, b.lifetime_redeemed_points) == (0, 1000)
 
 
-def test_concurrent_redemptions_never_go_below_zero(loyalty, prog, server, rclient) -> None:
+def test_concurrent_redemptions_never_go_below_zero(loyalty, prog, payauth, rclient) -> None:
     m = member(loyalty, prog)
     earn(loyalty, prog, m, 100_000)  # 1,000 points
 
     def redeem_once(_: int) -> int:
-        with LoyaltyClient(server.target, timeout=5) as client:
+        with LoyaltyClient(payauth.target, timeout=5) as client:
             try:
                 return client.redeem(request_id=unique("r"), program_id=prog, member_id=m,
                                      points=70).points_redeemed
@@ -702,14 +689,14 @@ def test_list_activity_pages_newest_first_with_filters(loyalty, prog) -> None:
     assert [e.points for e in redeems.entries] == [-5] and not redeems.next_cursor
 
 
-def test_watch_balance_streams_changes_and_resumes_without_loss(loyalty, prog, server) -> None:
+def test_watch_balance_streams_changes_and_resumes_without_loss(loyalty, prog, payauth) -> None:
     m = member(loyalty, prog)
     earn(loyalty, prog, m, 1_000)
     received: list[L.BalanceUpdate] = []
     subscribed = threading.Event()
 
     def watch(cursor: str, stop_after: int) -> None:
-        with LoyaltyClient(server.target, timeout=10) as client:
+        with LoyaltyClient(payauth.target, timeout=10) as client:
             request = L.WatchBalanceRequest(program_id=prog, member_id=m, cursor=cursor)
             for update in client.watch_balance(request):
                 received.append(update)
@@ -743,7 +730,7 @@ def test_watch_balance_streams_changes_and_resumes_without_loss(loyalty, prog, s
 # -- program figures -----------------------------------------------------------------------------
 
 
-def test_program_figures_per_variant_in_the_api_and_the_metrics(loyalty, server) -> None:
+def test_program_figures_per_variant_in_the_api_and_the_metrics(loyalty, payauth) -> None:
     import urllib.request
 
     program_id = unique("prog")
@@ -774,7 +761,7 @@ def test_program_figures_per_variant_in_the_api_and_the_metrics(loyalty, server)
     assert (total.members_enrolled, total.points_issued) == (8, issued)
     assert total.liability_minor == issued - 8 * 40  # 1 point = 1 cent
     assert total.liability_currency == "USD"
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics",
+    text = urllib.request.urlopen(f"http://127.0.0.1:{payauth.metrics_port}/metrics",
                                   timeout=10).read().decode()
     assert f'payauth_loyalty_points_issued{{program="{program_id}",variant="A"}}' in text
     assert f'payauth_loyalty_members{{program="{program_id}",variant="B"}}' in text
@@ -846,7 +833,7 @@ def test_adjustment_limit_puts_the_member_on_fraud_hold(loyalty) -> None:
 
 
 def test_redemptions_from_every_channel_at_once_never_overdraw(issuer, acquirer, loyalty, prog,
-                                                               server, rclient,
+                                                               payauth, rclient,
                                                                loyalty_redis) -> None:
     """Redeem calls, card purchases with points_to_redeem and purchases paid in points race
     for one member's 1,000 points."""
@@ -855,8 +842,8 @@ def test_redemptions_from_every_channel_at_once_never_overdraw(issuer, acquirer,
                    reason="seed")
 
     def spend(i: int) -> int:
-        with LoyaltyClient(server.target, timeout=10) as lc, \
-                AcquirerClient(server.target, timeout=10) as ac:
+        with LoyaltyClient(payauth.target, timeout=10) as lc, \
+                AcquirerClient(payauth.target, timeout=10) as ac:
             if i % 3 == 0:
                 try:
                     return lc.redeem(request_id=unique("r"), program_id=prog, member_id=m,
