@@ -19,7 +19,6 @@ carries a pre-built response and event, so they add fields, not round trips.
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 from datetime import UTC, datetime
 
@@ -29,7 +28,7 @@ from payauth.server.clock import Clock, system_clock
 from payauth.server.config import Settings
 from payauth.server.decision_core import CoreRegistry
 from payauth.server.errors import AbortedError, AlreadyExistsError, InvalidArgumentError
-from payauth.server.loyalty import LoyaltyEngine, limits_of
+from payauth.server.loyalty import LoyaltyEngine, authorization_plan
 from payauth.server.loyalty_programs import Purchase
 from payauth.server.loyalty_store import member_from_reply
 from payauth.server.pan import PanHasher
@@ -267,31 +266,27 @@ class AuthorizePipeline:
         if refusal is None:
             at_ms = (request.timestamp.ToMilliseconds() if request.HasField("timestamp")
                      else now_ms)
-            program = await self._loyalty.programs.get(link[0])
-            if program is None:
+            versions = await self._loyalty.programs.get(link[0])
+            if versions is None:
                 refusal = ("loyalty.no_program", "the member's program does not exist")
         if refusal is not None:
             if request.points_to_redeem or paid_in_points:
                 decline(response, common_pb2.RESPONSE_CODE_57_NOT_PERMITTED_TO_CARDHOLDER,
                         *refusal)
             return request.amount_minor, ""
+        program = versions.at(at_ms)
         if paid_in_points:
-            points = program.at(at_ms).points_for_value(request.amount_minor, request.currency)
+            points = program.points_for_value(request.amount_minor, request.currency)
             if points is None:
                 decline(response, common_pb2.RESPONSE_CODE_12_INVALID_TRANSACTION,
                         "loyalty.points_value",
                         "the program gives points no value in this currency")
                 return request.amount_minor, ""
-            versions = program.at(at_ms)
-            return request.amount_minor, json.dumps({
-                "program": link[0], "member": member.member_id, "version": versions.version,
-                "variant": versions.variant(member.member_id), "redeem": points,
-                "redeem_value": 0, "limits": limits_of(versions, at_ms),
-                "expiry_ms": versions.expiry_ms, "plan": False})
+            return request.amount_minor, authorization_plan(program, member, at_ms, None,
+                                                            points, 0)
         value = 0
         if request.points_to_redeem:
-            value = program.at(at_ms).value_of_points(request.points_to_redeem,
-                                                      request.currency)
+            value = program.value_of_points(request.points_to_redeem, request.currency)
             if value is None or value >= request.amount_minor:
                 text = ("the program gives points no value in this currency" if value is None
                         else "the points cover the whole amount: pay with payment_method "
@@ -303,10 +298,8 @@ class AuthorizePipeline:
         purchase = Purchase(card_amount, request.currency, request.mcc, request.merchant_id,
                             request.merchant_country, request.channel, request.payment_method,
                             at_ms)
-        plan, _ = await self._loyalty.authorization_plan(link[0], member, purchase,
-                                                         request.points_to_redeem)
-        plan["redeem_value"] = value
-        return card_amount, json.dumps(plan)
+        return card_amount, authorization_plan(program, member, at_ms, purchase,
+                                               request.points_to_redeem, value)
 
     async def _unknown_card(self, request: authorizer_pb2.AuthorizeRequest, fingerprint: str,
                             now: float) -> authorizer_pb2.AuthorizeResponse:

@@ -4,7 +4,7 @@ Programs are compiled once per worker (`ProgramRegistry`) and dropped when an
 upsert is announced; members, balances and ledgers live in Redis and change
 only through the loyalty Functions (functions/loyalty.lua), each one atomic on
 the member's partition. An authorization of a linked account earns and spends
-points inside its own commit (`LoyaltyEngine.authorization_plan` builds what
+points inside its own commit (`authorization_plan` builds what
 that commit needs), so a hold never exists without its points movement.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -584,19 +585,18 @@ class LoyaltyEngine:
         response.as_of.FromMilliseconds(now_ms)
         return response
 
-    # -- authorizations -----------------------------------------------------------------------
 
-    async def authorization_plan(self, program_id: str, member: MemberRecord,
-                                 purchase: Purchase, redeem_points: int
-                                 ) -> tuple[dict[str, Any], CompiledProgram]:
-        """What an authorization's commit needs to earn (and spend `redeem_points`)."""
-        versions = await self._program(program_id)
-        program = versions.at(purchase.at_ms)
-        plan = program.plan(purchase, _state(member))
-        return {"program": program_id, "member": member.member_id, "version": program.version,
-                "variant": plan.variant, "redeem": redeem_points,
-                "limits": limits_of(program, purchase.at_ms), "expiry_ms": program.expiry_ms,
-                "plan": plan.to_lua()}, program
+def authorization_plan(program: CompiledProgram, member: MemberRecord, at_ms: int,
+                       purchase: Purchase | None, redeem_points: int, redeem_value: int) -> str:
+    """The loyalty JSON an authorization's commit reads: the points it spends (worth
+    `redeem_value` of the purchase's money) and, for a purchase that earns, its earn plan
+    (`purchase` None: it earns nothing)."""
+    plan = program.plan(purchase, _state(member)).to_lua() if purchase is not None else False
+    return json.dumps({"program": program.program_id, "member": member.member_id,
+                       "version": program.version, "variant": program.variant(member.member_id),
+                       "redeem": redeem_points, "redeem_value": redeem_value,
+                       "limits": limits_of(program, at_ms), "expiry_ms": program.expiry_ms,
+                       "plan": plan})
 
 
 def _state(m: MemberRecord) -> MemberState:
