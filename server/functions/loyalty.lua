@@ -146,6 +146,17 @@ local function set_state(r, state, reason, now_ms)
   append_state(r, now_ms)
 end
 
+-- Keep the member in the partition's expiry index at its earliest lot, or out of
+-- it when it has none.
+local function index_lots(r)
+  local first = redis.call('ZRANGE', k_lots(r.tag, r.program, r.id), 0, 0, 'WITHSCORES')
+  if #first == 0 then
+    redis.call('ZREM', k_lexp(r.tag), r.program .. '\t' .. r.id)
+  else
+    redis.call('ZADD', k_lexp(r.tag), first[2], r.program .. '\t' .. r.id)
+  end
+end
+
 -- A credit of available points becomes a lot that expires after `expiry_days`.
 local function add_lot(r, lot_id, points, expires_ms)
   if expires_ms <= 0 or points <= 0 then
@@ -153,8 +164,7 @@ local function add_lot(r, lot_id, points, expires_ms)
   end
   redis.call('ZADD', k_lots(r.tag, r.program, r.id), expires_ms, lot_id)
   redis.call('HSET', k_lot(r.tag, r.program, r.id), lot_id, fmt(points))
-  local first = redis.call('ZRANGE', k_lots(r.tag, r.program, r.id), 0, 0, 'WITHSCORES')
-  redis.call('ZADD', k_lexp(r.tag), first[2], r.program .. '\t' .. r.id)
+  index_lots(r)
 end
 
 -- Take `points` from the lots, oldest expiry first (FIFO); what no lot covers
@@ -177,12 +187,7 @@ local function consume_lots(r, points)
       redis.call('HDEL', hkey, lot)
     end
   end
-  local first = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
-  if #first == 0 then
-    redis.call('ZREM', k_lexp(r.tag), r.program .. '\t' .. r.id)
-  else
-    redis.call('ZADD', k_lexp(r.tag), first[2], r.program .. '\t' .. r.id)
-  end
+  index_lots(r)
 end
 
 -- Credit posted points to available: the entry, the lot, lifetime earned.
@@ -781,12 +786,7 @@ local function loyalty_expire(keys, args)
     redis.call('ZREM', zkey, lot)
     redis.call('HDEL', hkey, lot)
   end
-  local first = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
-  if #first == 0 then
-    redis.call('ZREM', k_lexp(tag), p .. '\t' .. m)
-  else
-    redis.call('ZADD', k_lexp(tag), first[2], p .. '\t' .. m)
-  end
+  index_lots(r)
   if #due > 0 then
     save_member(r, now_ms)
   end
