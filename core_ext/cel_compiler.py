@@ -29,6 +29,8 @@ from google.protobuf import any_pb2, descriptor, descriptor_pool
 
 from payauth.core import cel_checked
 from payauth.core.cel_eval import (
+    JUMP_IF_FALSE,
+    JUMP_IF_FALSE_OPS,
     OPCODES,
     TIME_FIELDS,
     TYPE_CODES,
@@ -408,9 +410,10 @@ class ProgramBuilder:
 
     def patch(self, at: int, field: str, value: int) -> None:
         op, dst, a, b, c = self.spec.code[at]
-        fields = {"dst": dst, "a": a, "b": b, "c": c}
+        fields = {"op": op, "dst": dst, "a": a, "b": b, "c": c}
         fields[field] = value
-        self.spec.code[at] = (op, fields["dst"], fields["a"], fields["b"], fields["c"])
+        self.spec.code[at] = (fields["op"], fields["dst"], fields["a"], fields["b"],
+                              fields["c"])
 
     @property
     def pc(self) -> int:
@@ -731,9 +734,18 @@ class _Lowering:
         return dst
 
     def logical(self, expr: Any, is_and: bool, args: list[Any]) -> int:
-        dst = self.b.temp()
         a = self.value(args[0])
-        jump = self.b.emit("AND_SC" if is_and else "OR_SC", dst, a)
+        code = self.b.spec.code
+        last = code[-1] if code else None
+        if is_and and last is not None and last[1] == a and last[0] in JUMP_IF_FALSE_OPS:
+            # The left operand is a test just computed into a temp of its own: the test
+            # jumps when false, and the temp holds the `&&`'s value.
+            dst = a
+            jump = len(code) - 1
+            self.b.patch(jump, "op", last[0] | JUMP_IF_FALSE)
+        else:
+            dst = self.b.temp()
+            jump = self.b.emit("AND_SC" if is_and else "OR_SC", dst, a)
         b = self.value(args[1])
         self.b.emit("AND" if is_and else "OR", dst, a, b)
         self.b.patch(jump, "c", self.b.pc)

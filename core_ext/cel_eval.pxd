@@ -2,6 +2,7 @@
 # value, the flat instruction, the compiled program and the per-evaluation scratch space.
 
 cimport cython
+from cpython.ref cimport PyObject
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
 
 
@@ -132,6 +133,20 @@ cdef class FillPlan:
     cdef tuple _group_keys
     cdef tuple _value_keys
     cdef readonly tuple sources
+    # Where each key was last found in its dict (an entry index for PyDict_Next), per value
+    # and per group: -1 not known yet, -2 not to be looked for (the dict's key is another
+    # object than the plan's); and how often a known place has missed.
+    cdef Py_ssize_t *_value_at
+    cdef Py_ssize_t *_group_at
+    cdef Py_ssize_t _misses
+    # Per string or name value, the last string object stored (a reference held, so its
+    # address cannot be another string's) and its interned copy (NULL: none), valid while
+    # no constant has been interned since (`_interned_count`).
+    cdef PyObject **_str_seen
+    cdef PyObject **_str_canonical
+    cdef Py_ssize_t _interned_count
+
+    cdef void _forget_strings(self) noexcept
     # Key paths read once for several values: per value, -1 (its own read), k >= 0 (the
     # first reader, keeping what it read in shared entry k) or -2 - k (taking entry k).
     cdef int32_t *_share
@@ -159,6 +174,8 @@ cdef class Activation:
     cdef readonly Py_ssize_t width
 
     cdef int _put_string(self, Py_ssize_t slot, object value) except -1
+    cdef int _put_string_seen(self, Py_ssize_t slot, object value, FillPlan plan,
+                              Py_ssize_t i) except -1
     cdef int _put(self, Py_ssize_t slot, int kind, object v) except -1
     # Fill from a record by the plan's key paths (Activation.fill_from).
     cdef int _gather(self, FillPlan plan, object record) except -1

@@ -3,6 +3,8 @@
 from typing import Any
 
 OPCODES: dict[str, int]
+JUMP_IF_FALSE: int
+JUMP_IF_FALSE_OPS: frozenset[int]
 ERROR_MESSAGES: dict[int, str]
 TYPE_NAMES: dict[int, str]
 TYPE_CODES: dict[str, int]

@@ -18,9 +18,10 @@ timestamps and durations follow cel-cpp's checked arithmetic.
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from cpython.dict cimport PyDict_GetItem, PyDict_GetItemWithError
+from cpython.dict cimport PyDict_GetItem, PyDict_GetItemWithError, PyDict_Next
 from cpython.long cimport PyLong_AsDouble, PyLong_Check
 from cpython.object cimport PyObject_GetAttr
+from cpython.exc cimport PyErr_Occurred
 from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.sequence cimport PySequence_Fast_ITEMS
@@ -252,6 +253,17 @@ OPCODES = {name: value for name, value in (
     ("ITER_NEXT", OP_ITER_NEXT), ("APPEND", OP_APPEND), ("MAP_INSERT", OP_MAP_INSERT),
     ("ERROR", OP_ERROR), ("IS_ERROR_JUMP", OP_IS_ERROR_JUMP), ("END", OP_END),
 )}
+
+# Added to the opcode of a comparison, `in` or string test: when its result is false, jump
+# to `c` (its dst is then the false of the `&&` whose left operand it is, which jumps past
+# its right operand: one instruction where `AND_SC` took a second).
+cdef enum:
+    OP_MASK = 0xFF
+    OP_JUMP_IF_FALSE = 0x100
+
+JUMP_IF_FALSE = OP_JUMP_IF_FALSE
+JUMP_IF_FALSE_OPS = frozenset((OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE, OP_IN,
+                               OP_STARTS_WITH, OP_ENDS_WITH, OP_CONTAINS))
 
 # Error codes and their messages (the conformance files check only that an error occurs).
 cdef enum ErrorCode:
@@ -1355,35 +1367,48 @@ cdef void cel_run(const ProgramData *prog, CelValue *regs, Arena *arena,
     cdef int32_t i
     cdef const CelValue *items
     cdef CelValue *out
+    # Every test below compares `op` with constants only, so the chain compiles to one C
+    # switch (a jump table), not a walk down fifty comparisons.
     while pc < end:
         ins = &code[pc]
         pc += 1
-        op = ins.op
+        op = ins.op & OP_MASK
         dst = &regs[ins.dst]
         if op == OP_MOV:
             dst[0] = regs[ins.a]
         elif op == OP_EQ or op == OP_NE:
             a = &regs[ins.a]
             b = &regs[ins.b]
-            if not first_error(a, b, dst):
+            if a.kind == b.kind and (a.kind == K_INT or a.kind == K_BOOL):
+                # The common cases first: ints and bools compare their payloads.
+                dst[0] = mk_bool((a.v.i == b.v.i) == (op == OP_EQ))
+            elif a.kind == K_STRING and b.kind == K_STRING:
+                dst[0] = mk_bool(str_eq(a, b) == (op == OP_EQ))
+            elif not first_error(a, b, dst):
                 dst[0] = mk_bool(val_eq(a, b) == (op == OP_EQ))
-        elif op >= OP_LT and op <= OP_GE:
+        elif op == OP_LT or op == OP_LE or op == OP_GT or op == OP_GE:
             a = &regs[ins.a]
             b = &regs[ins.b]
-            if not first_error(a, b, dst):
+            if a.kind == K_INT and b.kind == K_INT:
+                r = cmp_i64(a.v.i, b.v.i)
+            elif a.kind == K_DOUBLE and b.kind == K_DOUBLE:
+                r = cmp_double(a.v.d, b.v.d)
+            elif first_error(a, b, dst):
+                continue
+            else:
                 r = compare(a, b)
-                if r == 3:
-                    dst[0] = mk_err(E_NO_OVERLOAD)
-                elif r == 2:
-                    dst[0] = mk_bool(False)
-                elif op == OP_LT:
-                    dst[0] = mk_bool(r < 0)
-                elif op == OP_LE:
-                    dst[0] = mk_bool(r <= 0)
-                elif op == OP_GT:
-                    dst[0] = mk_bool(r > 0)
-                else:
-                    dst[0] = mk_bool(r >= 0)
+            if r == 3:
+                dst[0] = mk_err(E_NO_OVERLOAD)
+            elif r == 2:
+                dst[0] = mk_bool(False)
+            elif op == OP_LT:
+                dst[0] = mk_bool(r < 0)
+            elif op == OP_LE:
+                dst[0] = mk_bool(r <= 0)
+            elif op == OP_GT:
+                dst[0] = mk_bool(r > 0)
+            else:
+                dst[0] = mk_bool(r >= 0)
         elif op == OP_AND_SC:
             a = &regs[ins.a]
             if a.kind == K_BOOL and a.v.i == 0:
@@ -1434,7 +1459,7 @@ cdef void cel_run(const ProgramData *prog, CelValue *regs, Arena *arena,
                 pc = ins.c
         elif op == OP_JMP:
             pc = ins.c
-        elif op >= OP_ADD and op <= OP_MOD:
+        elif op == OP_ADD or op == OP_SUB or op == OP_MUL or op == OP_DIV or op == OP_MOD:
             a = &regs[ins.a]
             b = &regs[ins.b]
             if not first_error(a, b, dst):
@@ -1492,7 +1517,7 @@ cdef void cel_run(const ProgramData *prog, CelValue *regs, Arena *arena,
                 dst[0] = a[0]
             else:
                 dst[0] = mk_err(E_NO_OVERLOAD)
-        elif op >= OP_STARTS_WITH and op <= OP_CONTAINS:
+        elif op == OP_STARTS_WITH or op == OP_ENDS_WITH or op == OP_CONTAINS:
             a = &regs[ins.a]
             b = &regs[ins.b]
             if not first_error(a, b, dst):
@@ -1512,7 +1537,9 @@ cdef void cel_run(const ProgramData *prog, CelValue *regs, Arena *arena,
                 dst[0] = a[0]
             else:
                 dst[0] = mk_err(E_NO_OVERLOAD)
-        elif op >= OP_TO_INT and op <= OP_TYPE_OF:
+        elif (op == OP_TO_INT or op == OP_TO_UINT or op == OP_TO_DOUBLE or op == OP_TO_STRING
+              or op == OP_TO_BYTES or op == OP_TO_BOOL or op == OP_TO_TIMESTAMP
+              or op == OP_TO_DURATION or op == OP_TYPE_OF):
             a = &regs[ins.a]
             if a.kind == K_ERROR:
                 dst[0] = a[0]
@@ -1606,6 +1633,8 @@ cdef void cel_run(const ProgramData *prog, CelValue *regs, Arena *arena,
             dst[0] = mk_err(ins.c)
         elif op == OP_END:
             return
+        if ins.op & OP_JUMP_IF_FALSE and dst.kind == K_BOOL and dst.v.i == 0:
+            pc = ins.c
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1634,11 +1663,16 @@ _INTERNED: dict = {}
 _INTERNED_STR: dict = {}
 # The same dict, typed, for the setters' C-level lookups.
 cdef dict _INTERNED_C = _INTERNED_STR
+# How many constants have been interned: a FillPlan's memory of which strings were
+# interned holds while this stays the same.
+cdef Py_ssize_t _interned_count = 0
 
 cpdef bytes intern_constant(bytes value):
     """The interned copy of a string constant (added on first use)."""
+    global _interned_count
     cdef object found = _INTERNED.get(value)
     if found is None:
+        _interned_count += 1
         _INTERNED[value] = value
         _INTERNED_STR[value.decode("utf-8", "surrogateescape")] = value
         return value
@@ -1966,6 +2000,9 @@ cdef enum:
     # Key paths one gathering plan reads for more than one value (each read once per fill
     # and held on the C stack for the others); paths past this many are read each time.
     FILL_MAX_SHARED = 64
+    # Misses of learned dict entry places after which a plan stops learning them (records
+    # whose dicts change order): each miss costs a scan of the dict.
+    FILL_MAX_MISSES = 1024
 
 
 cdef inline double _digits_value(object v) except? -1.0:
@@ -2005,6 +2042,44 @@ cdef inline object _read_source(object container, object key):
     if type(key) is str and not isinstance(container, dict):
         return PyObject_GetAttr(container, key)
     return container[key]
+
+
+cdef inline Py_ssize_t _entry_of(object d, PyObject *key) noexcept:
+    """The entry index of dict `d` whose key is the very object `key`, or -2."""
+    cdef Py_ssize_t pos = 0
+    cdef PyObject *k
+    cdef PyObject *v
+    while PyDict_Next(d, &pos, &k, &v):
+        if k == key:
+            return pos - 1
+    return -2
+
+
+cdef inline object _read_at(object container, object key, Py_ssize_t *at, FillPlan plan):
+    """`_read_source`, reading a dict's item at the entry where the same key was found in
+    the record before, when the same key object is still there.
+
+    Records of one kind are built by the same code, so their dicts hold the same key
+    objects (interned literals) in the same order: reading the entry by its index skips
+    hashing and probing, which is most of what a lookup costs. Anything else (a dict of
+    another order, keys that are equal but other objects) falls back to the lookup;
+    places that keep missing stop being learned (FILL_MAX_MISSES for the plan)."""
+    cdef Py_ssize_t pos = at[0]
+    cdef PyObject *k
+    cdef PyObject *v
+    if type(container) is not dict:
+        return _read_source(container, key)
+    if pos >= 0 and PyDict_Next(container, &pos, &k, &v) and k == <PyObject *>key:
+        return <object>v
+    v = PyDict_GetItemWithError(container, key)
+    if v == NULL:
+        raise KeyError(key)
+    if at[0] != -2:
+        if at[0] >= 0:
+            plan._misses += 1
+        at[0] = _entry_of(container, <PyObject *>key) if plan._misses < FILL_MAX_MISSES \
+            else -2
+    return <object>v
 
 
 def _intern_key(key):
@@ -2052,9 +2127,18 @@ cdef class FillPlan:
         self._source = <int32_t *>calloc(self.n + 1, sizeof(int32_t))
         self._group_parent = <int32_t *>calloc(FILL_MAX_GROUPS, sizeof(int32_t))
         self._share = <int32_t *>calloc(self.n + 1, sizeof(int32_t))
+        self._value_at = <Py_ssize_t *>malloc((self.n + 1) * sizeof(Py_ssize_t))
+        self._group_at = <Py_ssize_t *>malloc(FILL_MAX_GROUPS * sizeof(Py_ssize_t))
         if self._target == NULL or self._kind == NULL or self._source == NULL or \
-                self._group_parent == NULL or self._share == NULL:
+                self._group_parent == NULL or self._share == NULL or \
+                self._value_at == NULL or self._group_at == NULL:
             raise MemoryError()
+        self._misses = 0
+        self._str_seen = <PyObject **>calloc(self.n + 1, sizeof(PyObject *))
+        self._str_canonical = <PyObject **>calloc(self.n + 1, sizeof(PyObject *))
+        if self._str_seen == NULL or self._str_canonical == NULL:
+            raise MemoryError()
+        self._interned_count = _interned_count
         cdef Py_ssize_t i
         for i in range(self.n):
             kind = _FILL_KINDS.get(kinds[i])
@@ -2070,6 +2154,9 @@ cdef class FillPlan:
             self._target[i] = <int32_t>t
             self._kind[i] = <uint8_t>kind
             self._share[i] = -1
+            self._value_at[i] = -1
+        for i in range(FILL_MAX_GROUPS):
+            self._group_at[i] = -1
         self._set_names(names)
         self.sources = None
         self.n_groups = 0
@@ -2163,6 +2250,20 @@ cdef class FillPlan:
         free(self._source)
         free(self._group_parent)
         free(self._share)
+        free(self._value_at)
+        free(self._group_at)
+        if self._str_seen != NULL:
+            self._forget_strings()
+        free(self._str_seen)
+        free(self._str_canonical)
+
+    cdef void _forget_strings(self) noexcept:
+        """Drop the strings remembered by the string and name values."""
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            Py_XDECREF(self._str_seen[i])
+            self._str_seen[i] = NULL
+            self._str_canonical[i] = NULL
 
     cdef object _name(self, Py_ssize_t i, object number):
         """The name value `i` stores for `number`; KeyError for a number without one."""
@@ -2232,6 +2333,37 @@ cdef class Activation:
         if type(value) is not str and not isinstance(value, str):
             raise TypeError(f"slot {slot}: expected str, got {type(value).__name__}")
         canonical = PyDict_GetItemWithError(_INTERNED_C, value)
+        if canonical != NULL:
+            self.slots[slot] = mk_str(K_STRING, PyBytes_AS_STRING(<object>canonical),
+                                      PyBytes_GET_SIZE(<object>canonical))
+            self.slots[slot].flags = F_INTERNED
+        else:
+            data = PyUnicode_AsUTF8AndSize(value, &size)
+            self._keep[slot] = value
+            self.slots[slot] = mk_str(K_STRING, data, size)
+        self.vec[slot] = NAN
+        return 0
+
+    cdef int _put_string_seen(self, Py_ssize_t slot, object value, FillPlan plan,
+                              Py_ssize_t i) except -1:
+        """`_put_string` for value `i` of a gathering plan: when value `i` is the very
+        string object of the last fill (a name from a name table always is; so is a
+        constant a record was built from), its interned copy is known without a lookup."""
+        cdef PyObject *canonical
+        cdef Py_ssize_t size
+        cdef const char *data
+        if <PyObject *>value == plan._str_seen[i]:
+            canonical = plan._str_canonical[i]
+        else:
+            if type(value) is not str and not isinstance(value, str):
+                raise TypeError(f"slot {slot}: expected str, got {type(value).__name__}")
+            canonical = PyDict_GetItemWithError(_INTERNED_C, value)
+            if canonical == NULL and PyErr_Occurred():
+                return -1
+            Py_INCREF(value)
+            Py_XDECREF(plan._str_seen[i])
+            plan._str_seen[i] = <PyObject *>value
+            plan._str_canonical[i] = canonical  # interned copies are never freed
         if canonical != NULL:
             self.slots[slot] = mk_str(K_STRING, PyBytes_AS_STRING(<object>canonical),
                                       PyBytes_GET_SIZE(<object>canonical))
@@ -2415,6 +2547,10 @@ cdef class Activation:
             raise ValueError("the plan was made for an Activation of another shape")
         group_keys = plan._group_keys
         value_keys = plan._value_keys
+        if plan._interned_count != _interned_count:
+            # New constants: a string remembered as not interned may be one now.
+            plan._forget_strings()
+            plan._interned_count = _interned_count
         n_groups = plan.n_groups
         n_shared = plan.n_shared
         for g in range(n_groups):
@@ -2425,7 +2561,8 @@ cdef class Activation:
             for g in range(n_groups):
                 parent = plan._group_parent[g]
                 container = record if parent < 0 else <object>groups[parent]
-                v = _read_source(container, <object>PyTuple_GET_ITEM(group_keys, g))
+                v = _read_at(container, <object>PyTuple_GET_ITEM(group_keys, g),
+                             &plan._group_at[g], plan)
                 Py_INCREF(v)
                 groups[g] = <PyObject *>v
             for i in range(plan.n):
@@ -2435,13 +2572,18 @@ cdef class Activation:
                 else:
                     parent = plan._source[i]
                     container = record if parent < 0 else <object>groups[parent]
-                    v = _read_source(container, <object>PyTuple_GET_ITEM(value_keys, i))
+                    v = _read_at(container, <object>PyTuple_GET_ITEM(value_keys, i),
+                                 &plan._value_at[i], plan)
                     if share >= 0:
                         Py_INCREF(v)
                         shared[share] = <PyObject *>v
                 kind = plan._kind[i]
                 if kind == FILL_NAME:
-                    self._put(plan._target[i], FILL_STRING, plan._name(i, v))
+                    self._put_string_seen(plan._target[i], plan._name(i, v), plan, i)
+                elif kind == FILL_STRING:
+                    if v is None:
+                        raise TypeError(f"slot {plan._target[i]}: expected str, got NoneType")
+                    self._put_string_seen(plan._target[i], v, plan, i)
                 else:
                     self._put(plan._target[i], kind, v)
         finally:

@@ -295,5 +295,9 @@ def test_selected_edges() -> None:
         "int('  42 ')", "uint('-0')", "double(' 1.5')", "double('inf')", "bool('True')",
         "string(duration('-0.5s'))", "string(timestamp('2009-02-13T23:31:30.000001Z'))",
         "[1, 2, 3].map(v, v * 2) == [2, 4, 6]", "{'a': 1, 'b': 2}.exists(k, v, v == 2)",
+        # A test on the left of && jumps past the right when false: errors on either side.
+        "x / 0 > 1 && false", "x / 0 > 1 && true", "1 > 2 && x / 0 > 1",
+        "x < 0 && s.startsWith('h') && 'h' in ls", "dyn(d) < 1.0 && b", "x != x && x / 0 > 1",
+        "(x / 0 > 1 && b) || true", "s.endsWith('o') && (x > 0 ? true : x / 0 > 1)",
     ]:
         check(source, values)

@@ -191,3 +191,65 @@ def test_fill_from_names_numbers_reads_digits_and_timestamps() -> None:
         ctx.plan(targets, kinds, sources, [(None, 1)] + [None] * 7)
     with pytest.raises(IndexError):
         ctx.fill_from(ctx.plan([n], ["feature"], [(3,)]), (1, 2))
+
+
+def test_fill_from_dicts_in_any_order_and_strings_interned_later() -> None:
+    """A plan remembers where each key sat in the last record's dicts and which strings
+    were policy constants; records whose dicts change order, whose keys are equal but
+    other objects, or whose strings become constants later, still fill exactly."""
+    import random
+
+    from payauth.core.cel_compiler import decision_compiler
+
+    b = DecisionContextBuilder()
+    slot = b.slot
+    fields = [("amount_minor", "int", "txn.amount_minor"),
+              ("currency", "string", "txn.currency"),
+              ("device_id", "string", "txn.device_id"),
+              ("partial_ok", "bool", "txn.partial_ok"),
+              ("channel", "name", "txn.channel")]
+    channels = (None, "POS", "ECOM")
+    targets = [slot(path) for _, _, path in fields]
+    kinds = [kind for _, kind, _ in fields]
+    names = [channels if kind == "name" else None for _, kind, _ in fields]
+    gathered, given = b.new(), b.new()
+    plan = gathered.plan(targets, kinds, [("txn", key) for key, _, _ in fields], names)
+    direct = given.plan(targets, kinds, None, names)
+    rng = random.Random(7)
+    currencies = ["BRL", "USD", "X" + "Y" * 3]  # the last a str made at run time
+    for n in range(300):
+        values = {"amount_minor": rng.randrange(10**9), "currency": rng.choice(currencies),
+                  "device_id": f"dev-{rng.randrange(5)}", "partial_ok": rng.random() < 0.5,
+                  "channel": rng.choice((1, 2))}
+        keys = list(values)
+        if n % 3 == 1:
+            rng.shuffle(keys)
+        if n % 5 == 2:  # equal keys, other objects
+            keys = ["".join(list(k)) for k in keys]
+        txn = {k: values[k.strip()] for k in keys}
+        if n % 7 == 3:  # an entry moved to the end
+            txn["currency"] = txn.pop("currency")
+        record = {"noise": n, "txn": txn} if n % 2 else {"txn": txn}
+        gathered.fill_from(plan, record)
+        given.fill(direct, tuple(values[key] for key, _, _ in fields))
+        for target in targets:
+            assert gathered.get(target) == given.get(target), (n, target)
+    # A string already seen becomes a policy constant: equal either way.
+    late = "".join(["LATE", "CUR"])
+    record = {"txn": {"amount_minor": 1, "currency": late, "device_id": "d",
+                      "partial_ok": False, "channel": 1}}
+    gathered.fill_from(plan, record)
+    rule = decision_compiler().compile('txn.currency == "LATECUR" && txn.channel == "POS"')
+    gathered.fill_from(plan, record)
+    assert rule.evaluate(gathered) is True
+    record["txn"]["currency"] = "".join(["LATE", "CUR"])
+    gathered.fill_from(plan, record)
+    assert rule.evaluate(gathered) is True
+    record["txn"]["currency"] = "LATECUS"
+    gathered.fill_from(plan, record)
+    assert rule.evaluate(gathered) is False
+    with pytest.raises(TypeError):
+        gathered.fill_from(plan, {"txn": {**record["txn"], "currency": None}})
+    with pytest.raises(KeyError):
+        gathered.fill_from(plan, {"txn": {k: v for k, v in record["txn"].items()
+                                          if k != "device_id"}})

@@ -347,23 +347,20 @@ class Bench:
     def single_cases(self) -> list[Case]:
         d = self.decider
         policy = self.policy
-        score_slot = d.score_slot
         lgb_prob = self.ensemble.probability_of
         status = bytearray(len(workload.RULES))
         run_all = self.policy_all._core.run  # the C rule loop without PolicyResult
         run_one = self.policy_one._core.run
         status_one = bytearray(1)
 
-        def decide_filled(pair: tuple) -> Any:
-            vector, ctx = pair
-            ctx.set_double(score_slot, lgb_prob(vector))
-            result = policy.evaluate(ctx)
-            return result.decision, result.response_code
+        def decide_filled(ctx: Any, decide: Any = policy.decide, model: Any = self.ensemble) -> Any:
+            # The decision's own call without its plan: the model scores the prepared
+            # context's numeric vector, the rules run, the outcome's answer comes back.
+            return decide(ctx, model)
 
         cases = [
             Case(PAYAUTH_DECISION, d.decide, self.records),
-            Case(PAYAUTH_DECISION_FILLED, decide_filled,
-                 list(zip(self.vectors, self.contexts, strict=True))),
+            Case(PAYAUTH_DECISION_FILLED, decide_filled, self.contexts),
             Case(PAYAUTH_FILL, d.fill, self.records),
             Case(PAYAUTH_FILL_CONTEXT, d.fill_context, self.records),
             Case(PAYAUTH_FILL_VECTOR, d.build_vector, self.records),
