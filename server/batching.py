@@ -8,13 +8,17 @@ request that asks during one turn of the event loop, sends them as one
 pipeline, and hands each request its own replies. The requests' round trips
 to Redis are unchanged (each still waits for one reply), only shared.
 
-On a single Redis the batch goes out on one pooled connection, packed by
-hiredis's C encoder (the same bytes as redis-py's pure-Python asyncio packer,
-seven times faster), and its replies are read back raw under one timeout for
-the whole batch: redis-py's Pipeline object adds its command stack, response
-callbacks, retry bookkeeping and a timeout per reply, for nothing these
-commands need (HMGET, GET and FCALL replies are used as they come). A Redis
-Cluster keeps the Pipeline, which routes each command to its node.
+On a single Redis the batches go out on one pipelined connection of the worker's
+own (`redis_pipe.RedisPipe`): each batch is written as soon as the turn ends,
+without waiting for the batches before it, and the replies, parsed by hiredis in
+the transport's callback, complete the batches in order. redis-py's Pipeline
+object adds its command stack, response callbacks, retry bookkeeping and a
+timeout per reply, and its connections a task per send and an await per reply,
+for nothing these commands need (HMGET, GET and FCALL replies are used as they
+come). A pool configured beyond a plain connection (TLS, RESP3 ...) sends each
+batch on a pooled redis-py connection, packed by hiredis and read raw under one
+timeout; a Redis Cluster keeps the Pipeline, which routes each command to its
+node.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from payauth.server.redis_pipe import RedisPipe, plain_settings
+
 Command = tuple[Any, ...]
 
 
@@ -39,6 +45,7 @@ class PipelineBatcher:
         self._client = client
         self._raw = isinstance(client, aioredis.Redis)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pipe_settings: dict[str, Any] | None = None
         if self._raw:
             # Connections of its own without a socket timeout: one timeout covers each
             # batch's connection, send and replies (redis-py would start a task per send
@@ -49,12 +56,18 @@ class PipelineBatcher:
                 connection_class=shared.connection_class,
                 max_connections=shared.max_connections,
                 **{**shared.connection_kwargs, "socket_timeout": None})
+            self._pipe_settings = plain_settings(shared)
+        self._pipe: RedisPipe | None = None
+        self._connecting: asyncio.Task[RedisPipe] | None = None
         self._pending: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
         self._flush_scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
         """Close the batcher's own connections."""
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
         if self._raw:
             await self._pool.disconnect()
 
@@ -74,6 +87,12 @@ class PipelineBatcher:
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
         self._flush_scheduled = False
+        pipe = self._pipe
+        if pipe is not None and pipe.usable:
+            # The common case: written now, answered from the transport's callback.
+            pipe.send([c for commands, _ in batch for c in commands],
+                      lambda outcome: _hand_out(batch, outcome))
+            return
         assert self._loop is not None
         task = self._loop.create_task(self._send(batch))
         self._sending.add(task)
@@ -82,7 +101,10 @@ class PipelineBatcher:
     async def _send(self, batch: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]]
                     ) -> None:
         try:
-            if self._raw:
+            if self._raw and self._pipe_settings is not None:
+                pipe = await self._connected_pipe()
+                replies = await pipe.request([c for commands, _ in batch for c in commands])
+            elif self._raw:
                 replies = await self._send_raw([c for commands, _ in batch for c in commands])
             else:
                 pipe = self._client.pipeline(transaction=False)
@@ -98,12 +120,24 @@ class PipelineBatcher:
             if not isinstance(exc, Exception):
                 raise
             return
-        start = 0
-        for commands, future in batch:
-            end = start + len(commands)
-            if not future.done():
-                future.set_result(replies[start:end])
-            start = end
+        _hand_out(batch, replies)
+
+    async def _connected_pipe(self) -> RedisPipe:
+        """The pipelined connection, (re)opened by one caller while the others wait."""
+        if self._pipe is not None and self._pipe.usable:
+            return self._pipe
+        if self._connecting is None:
+            assert self._pipe_settings is not None
+            self._connecting = asyncio.ensure_future(
+                RedisPipe.connect(self._pipe_settings, self._timeout_s))
+        connecting = self._connecting
+        try:
+            pipe = await asyncio.shield(connecting)
+        finally:
+            if self._connecting is connecting and connecting.done():
+                self._connecting = None
+        self._pipe = pipe
+        return pipe
 
     async def _send_raw(self, commands: list[Command]) -> list[Any]:
         """Send the commands packed on one connection and read their replies; an error
@@ -134,3 +168,20 @@ class PipelineBatcher:
         finally:
             if connection is not None:
                 await pool.release(connection)
+
+
+def _hand_out(batch: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]],
+              outcome: list[Any] | BaseException) -> None:
+    """Give each caller of a batch its own replies, or the exception that failed the
+    batch."""
+    if isinstance(outcome, BaseException):
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(outcome)
+        return
+    start = 0
+    for commands, future in batch:
+        end = start + len(commands)
+        if not future.done():
+            future.set_result(outcome[start:end])
+        start = end
