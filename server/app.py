@@ -9,6 +9,7 @@ the worker exits 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -95,6 +96,10 @@ async def serve_worker(settings: Settings, redis_url: str, port: int, worker_ind
                             settings.workers, loyalty.store)
     sweeping = asyncio.create_task(sweeper.run(stopping))
     watching = asyncio.create_task(registry.watch(stopping))
+    # What start-up made (modules, descriptors, compiled policies) lives as long as the
+    # worker: out of the collector's sight, a full collection no longer walks it all
+    # while calls wait.
+    gc.freeze()
     on_ready()
     await stopping.wait()
     log.info("draining: health NOT_SERVING, waiting up to %.1f s for in-flight calls",

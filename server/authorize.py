@@ -69,8 +69,24 @@ def card_expired(expiry_year: int, expiry_month: int, now_s: float) -> bool:
     """True when the card's printed expiry month is over (valid through its last day)."""
     if not expiry_year:
         return False
+    return _utc_month(now_s) > (expiry_year, expiry_month)
+
+
+# The UTC month of the last call and the seconds it spans: every authorization asks.
+_month_span: tuple[float, float, tuple[int, int]] = (0.0, 0.0, (0, 0))
+
+
+def _utc_month(now_s: float) -> tuple[int, int]:
+    """(year, month) of `now_s` in UTC."""
+    global _month_span
+    start, end, month = _month_span
+    if start <= now_s < end:
+        return month
     today = datetime.fromtimestamp(now_s, UTC)
-    return (today.year, today.month) > (expiry_year, expiry_month)
+    first = datetime(today.year, today.month, 1, tzinfo=UTC)
+    following = datetime(today.year + today.month // 12, today.month % 12 + 1, 1, tzinfo=UTC)
+    _month_span = (first.timestamp(), following.timestamp(), (today.year, today.month))
+    return today.year, today.month
 
 
 def new_authorization_id(partition: int) -> str:

@@ -31,7 +31,7 @@ from payauth.server.errors import (
     InvalidArgumentError,
     PayauthError,
 )
-from payauth.server.metrics import RPC_LATENCY, RPC_REQUESTS, count_decision
+from payauth.server.metrics import RPC_LATENCY, RPC_REQUESTS, child, count_decision
 from payauth.server.responses import decline
 from payauth.v1 import authorizer_pb2, common_pb2
 
@@ -85,7 +85,7 @@ async def authorize_stream(pipeline: AuthorizePipeline,
             log.exception("AuthorizeStream request failed")
             answer = refusal_answer(request, exc)
         LATENCY.observe(time.perf_counter() - started)
-        RPC_REQUESTS.labels(METHOD, code).inc()
+        child(RPC_REQUESTS, METHOD, code).inc()
         answers.put_nowait(count_decision(answer, METHOD))
 
     async def read() -> None:

@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from payauth.server.metrics import RPC_LATENCY, RPC_REQUESTS
+from payauth.server.metrics import RPC_LATENCY, RPC_REQUESTS, child
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def translate_errors(method: Handler) -> Handler:
                                 f"the state store refused the operation: {exc}")
         finally:
             latency.observe(time.perf_counter() - started)
-            RPC_REQUESTS.labels(name, code).inc()
+            child(RPC_REQUESTS, name, code).inc()
 
     return wrapper  # type: ignore[return-value]
 

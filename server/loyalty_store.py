@@ -266,11 +266,11 @@ class LoyaltyStore:
     async def due_lots(self, partitions: list[int], now_ms: int, limit: int = 100
                        ) -> list[tuple[int, str, str]]:
         """Members with lots due to expire: (partition, program, member), one pipeline."""
-        pipe = self.client.pipeline(transaction=False)
-        for p in partitions:
-            pipe.zrangebyscore(keys.point_lots_due(p), "-inf", now_ms, start=0, num=limit)
+        replies = await self._store.batch([
+            ("ZRANGEBYSCORE", keys.point_lots_due(p), "-inf", now_ms, "LIMIT", 0, limit)
+            for p in partitions])
         due = []
-        for p, names in zip(partitions, await pipe.execute(), strict=True):
+        for p, names in zip(partitions, replies, strict=True):
             for name in names:
                 program_id, _, member_id = name.decode().partition("\t")
                 due.append((p, program_id, member_id))

@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -62,12 +63,25 @@ LOYALTY_POINTS = Counter("payauth_loyalty_points", "Loyalty points moved through
                          "adjusted_out)", ["program", "variant", "movement"])
 
 
+# Children of labelled metrics by (metric, label values): labels() takes a lock and
+# builds its key on every call, and the hot path asks for the same few children.
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once."""
+    found = _children.get((metric, values))
+    if found is None:
+        found = _children[(metric, values)] = metric.labels(*values)
+    return found
+
+
 def count_decision(response: authorizer_pb2.AuthorizeResponse,
                    method: str) -> authorizer_pb2.AuthorizeResponse:
     """Count an authorization answer (and a replay); return it."""
-    DECISIONS.labels(_DECISION_NAMES[response.decision], response.iso_response_code).inc()
+    child(DECISIONS, _DECISION_NAMES[response.decision], response.iso_response_code).inc()
     if response.replayed:
-        REPLAYS.labels(method).inc()
+        child(REPLAYS, method).inc()
     return response
 
 

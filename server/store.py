@@ -326,6 +326,15 @@ class Store:
         else:
             await self.client.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY_CODE)
 
+    async def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send commands through the shared pipeline; their replies, the first error
+        reply raised."""
+        replies = await self._batcher.run(commands)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
     async def fcall(self, function: str, keys_: list[str], args: list[str | bytes | int]) -> Any:
         """Call one payauth Function through the shared pipeline (for the other state
         modules: the loyalty engine's)."""
@@ -617,12 +626,12 @@ class Store:
 
     async def due_holds(self, partitions: range | list[int], now_ms: int,
                         limit: int = 100) -> list[tuple[int, str]]:
-        """Holds whose expiry has passed, as (partition, authorization id), in one pipeline."""
-        pipe = self.client.pipeline(transaction=False)
-        for p in partitions:
-            pipe.zrangebyscore(keys.expiries(p), "-inf", now_ms, start=0, num=limit)
+        """Holds whose expiry has passed, as (partition, authorization id), in one pipeline
+        (the shared one: a sweep asks each of a worker's partitions every second)."""
+        replies = await self.batch([("ZRANGEBYSCORE", keys.expiries(p), "-inf", now_ms,
+                                     "LIMIT", 0, limit) for p in partitions])
         due = []
-        for p, ids in zip(partitions, await pipe.execute(), strict=True):
+        for p, ids in zip(partitions, replies, strict=True):
             due.extend((p, auth_id.decode()) for auth_id in ids)
         return due
 
