@@ -28,6 +28,7 @@ from payauth.server.expiry import ExpirySweeper
 from payauth.server.lifecycle import Lifecycle
 from payauth.server.loyalty import LoyaltyEngine
 from payauth.server.loyalty_store import LoyaltyStore
+from payauth.server.metrics import flush_metrics, flush_metrics_every
 from payauth.server.pan import PanHasher, load_or_create_key
 from payauth.server.policies import IssuerPolicies
 from payauth.server.servicers import Authorizer, IssuerControl, Loyalty
@@ -42,6 +43,9 @@ from payauth.v1 import (
 )
 
 log = logging.getLogger(__name__)
+
+# How late a scrape may see a worker's counts (see metrics.flush_metrics).
+METRICS_FLUSH_S = 0.1
 
 SERVICE_NAMES = (
     authorizer_pb2.DESCRIPTOR.services_by_name["Authorizer"].full_name,
@@ -96,6 +100,7 @@ async def serve_worker(settings: Settings, redis_url: str, port: int, worker_ind
                             settings.workers, loyalty.store)
     sweeping = asyncio.create_task(sweeper.run(stopping))
     watching = asyncio.create_task(registry.watch(stopping))
+    flushing = asyncio.create_task(flush_metrics_every(METRICS_FLUSH_S, stopping))
     # What start-up made (modules, descriptors, compiled policies) lives as long as the
     # worker: out of the collector's sight, a full collection no longer walks it all
     # while calls wait.
@@ -108,6 +113,8 @@ async def serve_worker(settings: Settings, redis_url: str, port: int, worker_ind
     await server.stop(settings.grace_s)
     await sweeping
     await watching
+    await flushing
+    flush_metrics()  # what the drained calls counted
     await store.close()
 
 

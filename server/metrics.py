@@ -8,6 +8,7 @@ are what the dashboard (docs/grafana-dashboard.json) and alerts use.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import Sequence
@@ -37,8 +38,59 @@ def _this_process() -> int:
     return _PID
 
 
+# This process's metric values whose increments wait in memory for `flush_metrics`.
+_buffered: list[Any] = []
+
+
+def _buffered_value_class() -> type:
+    """prometheus-client's multi-process value, its increments added up in memory and
+    written to the shared file by `flush_metrics` (a worker runs `flush_metrics_every`).
+
+    Each write to the file takes a lock and packs the value into the mmap: eight of them
+    per Authorize (three latency histograms, the call, the decision) were about 7 % of a
+    worker's CPU at saturation. A scrape sees a worker's counts at most one flush
+    interval late; values that are set (gauges) are written at once."""
+    base: Any = values.MultiProcessValue(_this_process)
+
+    class BufferedValue(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._pending = 0.0
+            _buffered.append(self)
+
+        def inc(self, amount: float) -> None:
+            self._pending += amount
+
+        def get(self) -> float:
+            return float(super().get()) + self._pending
+
+        def write_pending(self) -> None:
+            pending = self._pending
+            if pending:
+                self._pending = 0.0
+                super().inc(pending)
+
+    return BufferedValue
+
+
 if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # a worker: set before any metric exists
-    values.ValueClass = values.MultiProcessValue(_this_process)
+    values.ValueClass = _buffered_value_class()
+
+
+def flush_metrics() -> None:
+    """Write this process's pending increments to its multi-process file."""
+    for value in _buffered:
+        value.write_pending()
+
+
+async def flush_metrics_every(interval_s: float, stopping: asyncio.Event) -> None:
+    """Flush every `interval_s` until `stopping` is set, and once more then."""
+    while not stopping.is_set():
+        try:
+            await asyncio.wait_for(stopping.wait(), interval_s)
+        except TimeoutError:
+            pass
+        flush_metrics()
 
 # Sub-millisecond resolution where Authorize lives, seconds where trouble lives.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,

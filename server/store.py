@@ -357,13 +357,14 @@ class Store:
     # -- Authorization ----------------------------------------------------
 
     async def card_account(self, card_token: str) -> str | None:
-        """The account a card draws on, or None for an unknown card."""
-        value = await self.client.hget(keys.card(card_token), "account_id")
+        """The account a card draws on, or None for an unknown card (through the shared
+        pipeline: a worker asks once per card it has not seen yet)."""
+        (value,) = await self.batch([("HGET", keys.card(card_token), "account_id")])
         return value.decode() if value is not None else None
 
     async def card_token_for_pan(self, pan_hash: str) -> str | None:
         """The token of the card registered for a PAN hash, or None."""
-        value = await self.client.get(keys.pan_index(pan_hash))
+        (value,) = await self.batch([("GET", keys.pan_index(pan_hash))])
         return value.decode() if value is not None else None
 
     async def read_authorization(

@@ -3,6 +3,7 @@ decisions by response code, replays, Redis latency."""
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,18 +30,24 @@ def test_metrics_count_decisions_across_workers(payauth: PayauthProcess, issuer:
         acquirer.authorize(request)
     acquirer.authorize(requests[0])  # a replay
 
-    after = _samples(payauth)
-
-    def grew(name: str, **labels: str) -> float:
+    def grew(after: dict, name: str, **labels: str) -> float:
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0) - before.get(key, 0)
 
-    assert grew("payauth_rpc_requests_total", method="Authorize", code="OK") == 4
-    assert grew("payauth_decisions_total", decision="APPROVE", response_code="00") == 3
-    assert grew("payauth_decisions_total", decision="DECLINE", response_code="51") == 1
-    assert grew("payauth_replays_total", method="Authorize") == 1
-    assert grew("payauth_rpc_latency_seconds_count", method="Authorize") == 4
-    assert grew("payauth_redis_latency_seconds_count", operation="authorize_commit") == 3
+    # Workers write their counts at most a flush interval (0.1 s) after the fact.
+    deadline = time.monotonic() + 5
+    after = _samples(payauth)
+    while time.monotonic() < deadline and (
+            grew(after, "payauth_redis_latency_seconds_count", operation="authorize_commit") < 3
+            or grew(after, "payauth_rpc_latency_seconds_count", method="Authorize") < 4):
+        time.sleep(0.05)
+        after = _samples(payauth)
+    assert grew(after, "payauth_rpc_requests_total", method="Authorize", code="OK") == 4
+    assert grew(after, "payauth_decisions_total", decision="APPROVE", response_code="00") == 3
+    assert grew(after, "payauth_decisions_total", decision="DECLINE", response_code="51") == 1
+    assert grew(after, "payauth_replays_total", method="Authorize") == 1
+    assert grew(after, "payauth_rpc_latency_seconds_count", method="Authorize") == 4
+    assert grew(after, "payauth_redis_latency_seconds_count", operation="authorize_commit") == 3
 
 
 def test_dashboard_queries_name_real_metrics() -> None:
