@@ -28,11 +28,21 @@ IDENTIFIER_RULE = "1 to 64 characters of A-Z a-z 0-9 _ . : -"
 MCC = re.compile(r"[0-9]{4}")
 
 
-@functools.lru_cache(maxsize=8192)
+# A dotted-quad IPv4 address exactly as ipaddress.IPv4Address accepts it: four decimal
+# octets of 0-255 in ASCII digits, no leading zeros.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
 def is_ip_address(text: str) -> bool:
-    """Whether `text` is an IPv4 or IPv6 address, as `ipaddress` reads them. Remembered:
-    a gateway's traffic repeats its cardholders' addresses, and parsing one in Python
-    costs microseconds."""
+    """Whether `text` is an IPv4 or IPv6 address, as `ipaddress` reads them: IPv4 by one
+    regular expression (ipaddress parses in Python, microseconds a request), the rest by
+    ipaddress itself, remembered."""
+    return IPV4.fullmatch(text) is not None or _is_other_ip_address(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _is_other_ip_address(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
     except ValueError:

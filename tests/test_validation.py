@@ -145,3 +145,30 @@ def test_invalid_issuer_call_is_refused_untouched(case: str, issuer: IssuerClien
         getattr(issuer, method)(request)
     assert [v.field for v in caught.value.field_violations] == fields
     assert _digest(redis_client) == before
+
+
+def test_ip_addresses_are_read_as_ipaddress_reads_them() -> None:
+    """The IPv4 fast path accepts exactly what ipaddress accepts (leading zeros, octets
+    above 255, non-ASCII digits, stray spaces all refused), on edge cases and generated
+    strings."""
+    import ipaddress
+    import random
+
+    from payauth.server.validation import is_ip_address
+
+    def reference(text: str) -> bool:
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            return False
+        return True
+
+    rng = random.Random(5)
+    cases = ["1.2.3.4", "0.0.0.0", "255.255.255.255", "256.1.1.1", "01.2.3.4", "1.2.3",
+             "1.2.3.4.5", "1.2.3.04", "1.2.3.4 ", " 1.2.3.4", "1.2.3.\u0663", "1.2.3.4\n",
+             "", "1..2.3", "::1", "fe80::1%eth0", "::ffff:1.2.3.4", "2001:db8::", "1.2.3.-1"]
+    cases += ["".join(rng.choice("0123456789.:af\u0663 ") for _ in range(rng.randrange(1, 16)))
+              for _ in range(20_000)]
+    cases += [".".join(str(rng.randrange(0, 300)).zfill(rng.choice((1, 1, 2, 3)))
+                       for _ in range(rng.choice((3, 4, 4, 5)))) for _ in range(20_000)]
+    assert [c for c in cases if is_ip_address(c) != reference(c)] == []
