@@ -284,8 +284,10 @@ class Store:
     @classmethod
     def connect(cls, url: str, cluster: bool, timeout_s: float) -> Store:
         """Open a connection pool to the Redis at `url` (redis://, rediss:// or unix://)."""
-        # One connection per request in flight (until requests share pipelines): the pool
-        # must hold AuthorizeStream's window and the unary calls beside it.
+        # The pool serves what does not go through the shared pipeline (lifecycle and issuer
+        # calls through redis-py, and every call on a Redis Cluster, whose pipeline takes a
+        # connection per batch): it must hold AuthorizeStream's window and the unary calls
+        # beside it.
         if cluster:
             client = aioredis.RedisCluster.from_url(
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
