@@ -176,6 +176,7 @@ cdef class Activation:
     cdef int _put_string(self, Py_ssize_t slot, object value) except -1
     cdef int _put_string_seen(self, Py_ssize_t slot, object value, FillPlan plan,
                               Py_ssize_t i) except -1
+    cdef int _store_string(self, Py_ssize_t slot, object value, PyObject *canonical) except -1
     cdef int _put(self, Py_ssize_t slot, int kind, object v) except -1
     # Fill from a record by the plan's key paths (Activation.fill_from).
     cdef int _gather(self, FillPlan plan, object record) except -1

@@ -21,7 +21,6 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from cpython.dict cimport PyDict_GetItem, PyDict_GetItemWithError, PyDict_Next
 from cpython.long cimport PyLong_AsDouble, PyLong_Check
 from cpython.object cimport PyObject_GetAttr
-from cpython.exc cimport PyErr_Occurred
 from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.sequence cimport PySequence_Fast_ITEMS
@@ -2282,6 +2281,14 @@ cdef class FillPlan:
         raise KeyError(number)
 
 
+cdef PyObject *_interned_copy(Py_ssize_t slot, object value) except? NULL:
+    """The interned copy (bytes) of str `value`, or NULL when it has none (NULL with an
+    exception set, from hashing a str subclass, propagates)."""
+    if type(value) is not str and not isinstance(value, str):
+        raise TypeError(f"slot {slot}: expected str, got {type(value).__name__}")
+    return PyDict_GetItemWithError(_INTERNED_C, value)
+
+
 @cython.final
 cdef class Activation:
     """The typed input values of a program: one CelValue per input slot.
@@ -2327,22 +2334,7 @@ cdef class Activation:
         free(self._zero_vec)
 
     cdef int _put_string(self, Py_ssize_t slot, object value) except -1:
-        cdef Py_ssize_t size
-        cdef const char *data
-        cdef PyObject *canonical
-        if type(value) is not str and not isinstance(value, str):
-            raise TypeError(f"slot {slot}: expected str, got {type(value).__name__}")
-        canonical = PyDict_GetItemWithError(_INTERNED_C, value)
-        if canonical != NULL:
-            self.slots[slot] = mk_str(K_STRING, PyBytes_AS_STRING(<object>canonical),
-                                      PyBytes_GET_SIZE(<object>canonical))
-            self.slots[slot].flags = F_INTERNED
-        else:
-            data = PyUnicode_AsUTF8AndSize(value, &size)
-            self._keep[slot] = value
-            self.slots[slot] = mk_str(K_STRING, data, size)
-        self.vec[slot] = NAN
-        return 0
+        return self._store_string(slot, value, _interned_copy(slot, value))
 
     cdef int _put_string_seen(self, Py_ssize_t slot, object value, FillPlan plan,
                               Py_ssize_t i) except -1:
@@ -2350,20 +2342,21 @@ cdef class Activation:
         string object of the last fill (a name from a name table always is; so is a
         constant a record was built from), its interned copy is known without a lookup."""
         cdef PyObject *canonical
-        cdef Py_ssize_t size
-        cdef const char *data
         if <PyObject *>value == plan._str_seen[i]:
             canonical = plan._str_canonical[i]
         else:
-            if type(value) is not str and not isinstance(value, str):
-                raise TypeError(f"slot {slot}: expected str, got {type(value).__name__}")
-            canonical = PyDict_GetItemWithError(_INTERNED_C, value)
-            if canonical == NULL and PyErr_Occurred():
-                return -1
+            canonical = _interned_copy(slot, value)
             Py_INCREF(value)
             Py_XDECREF(plan._str_seen[i])
             plan._str_seen[i] = <PyObject *>value
             plan._str_canonical[i] = canonical  # interned copies are never freed
+        return self._store_string(slot, value, canonical)
+
+    cdef int _store_string(self, Py_ssize_t slot, object value,
+                           PyObject *canonical) except -1:
+        """Store str `value` in `slot`: its interned copy `canonical` when it has one."""
+        cdef Py_ssize_t size
+        cdef const char *data
         if canonical != NULL:
             self.slots[slot] = mk_str(K_STRING, PyBytes_AS_STRING(<object>canonical),
                                       PyBytes_GET_SIZE(<object>canonical))
