@@ -61,6 +61,10 @@ def _buffered_value_class() -> type:
         def inc(self, amount: float) -> None:
             self._pending += amount
 
+        def set(self, value: float, timestamp: float | None = None) -> None:
+            self._pending = 0.0  # a set replaces what was added before it
+            super().set(value, timestamp)
+
         def get(self) -> float:
             return float(super().get()) + self._pending
 
@@ -120,11 +124,11 @@ LOYALTY_POINTS = Counter("payauth_loyalty_points", "Loyalty points moved through
 _children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
 
-def child(metric: Any, *values: str) -> Any:
-    """`metric.labels(*values)`, looked up once."""
-    found = _children.get((metric, values))
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once."""
+    found = _children.get((metric, labels))
     if found is None:
-        found = _children[(metric, values)] = metric.labels(*values)
+        found = _children[(metric, labels)] = metric.labels(*labels)
     return found
 
 

@@ -101,7 +101,7 @@ class RedisPipe(asyncio.Protocol):
             raise RedisConnectionError(f"Error connecting to Redis: {exc}") from exc
         hello: list[Command] = []
         if settings.get("password"):
-            hello.append(("AUTH", settings["username"] or "default", settings["password"])
+            hello.append(("AUTH", settings["username"], settings["password"])
                          if settings.get("username") else ("AUTH", settings["password"]))
         if settings.get("db"):
             hello.append(("SELECT", settings["db"]))
