@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -73,3 +74,46 @@ def test_dashboard_queries_name_real_metrics() -> None:
     used = {name for panel in dashboard["panels"] for target in panel["targets"]
             for name in re.findall(r"payauth_\w+", target["expr"])}
     assert used and used <= exposed, used - exposed
+
+
+def test_worker_metric_increments_reach_the_files_when_flushed(tmp_path: Path) -> None:
+    """In a worker (PROMETHEUS_MULTIPROC_DIR set), increments wait in memory until
+    flush_metrics writes them; a set replaces what was added before it."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        from prometheus_client import CollectorRegistry, Gauge, multiprocess
+        from payauth.server import metrics
+
+        def read():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for f in registry.collect() for s in f.samples}
+
+        ok = metrics.child(metrics.RPC_REQUESTS, "Authorize", "OK")
+        ok.inc(); ok.inc()
+        metrics.REDIS_LATENCY.labels("authorize_read").observe(0.0004)
+        key = ("payauth_rpc_requests_total", (("code", "OK"), ("method", "Authorize")))
+        assert read().get(key, 0) == 0, read().get(key)
+        metrics.flush_metrics()
+        got = read()
+        assert got[key] == 2, got[key]
+        count = ("payauth_redis_latency_seconds_count", (("operation", "authorize_read"),))
+        assert got[count] == 1
+        gauge = Gauge("test_level", "a level", multiprocess_mode="liveall")
+        gauge.inc(5); gauge.set(1); gauge.inc(2)
+        metrics.flush_metrics()
+        assert [v for (name, _), v in read().items() if name == "test_level"] == [3]
+        print("ok")
+    """)
+    folder = tmp_path / "prom"
+    folder.mkdir()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)},
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
