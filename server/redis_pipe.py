@@ -59,15 +59,16 @@ def plain_settings(pool: aioredis.ConnectionPool) -> dict[str, Any] | None:
 
 
 class _Batch:
-    """Commands written together: their count, the replies read so far, and who is told."""
+    """Commands written together: their count, the replies read so far, who is told, and
+    when (loop time) they must have been answered."""
 
-    __slots__ = ("size", "replies", "done", "timer")
+    __slots__ = ("size", "replies", "done", "deadline")
 
-    def __init__(self, size: int, done: Done) -> None:
+    def __init__(self, size: int, done: Done, deadline: float) -> None:
         self.size = size
         self.replies: list[Any] = []
         self.done = done
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = deadline
 
 
 class RedisPipe(asyncio.Protocol):
@@ -81,6 +82,9 @@ class RedisPipe(asyncio.Protocol):
         self._waiting: collections.deque[_Batch] = collections.deque()
         self._transport: asyncio.Transport | None = None
         self._lost: Exception | None = None
+        # One timer watches the oldest batch in flight (the others are younger), instead
+        # of a timer made and cancelled per batch.
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @classmethod
     async def connect(cls, settings: dict[str, Any], timeout_s: float | None) -> RedisPipe:
@@ -123,9 +127,11 @@ class RedisPipe(asyncio.Protocol):
         if not self.usable:
             done(self._lost or RedisConnectionError("connection closed"))
             return
-        batch = _Batch(len(commands), done)
-        if self._timeout_s is not None:
-            batch.timer = self._loop.call_later(self._timeout_s, self._timed_out)
+        timeout_s = self._timeout_s
+        batch = _Batch(len(commands), done,
+                       self._loop.time() + timeout_s if timeout_s is not None else 0.0)
+        if timeout_s is not None and self._watchdog is None:
+            self._watchdog = self._loop.call_at(batch.deadline, self._watch)
         self._waiting.append(batch)
         assert self._transport is not None
         self._transport.write(b"".join([hiredis.pack_command(c) for c in commands]))
@@ -169,8 +175,6 @@ class RedisPipe(asyncio.Protocol):
                         return
                     replies.append(reply)
                 waiting.popleft()
-                if batch.timer is not None:
-                    batch.timer.cancel()
                 batch.done(replies)
             if reader.gets() is not False:
                 raise InvalidResponse("a reply nobody asked for")
@@ -184,8 +188,17 @@ class RedisPipe(asyncio.Protocol):
 
     # -- failure ----------------------------------------------------------------------
 
-    def _timed_out(self) -> None:
-        self._fail(RedisTimeoutError("Timeout talking to Redis"))
+    def _watch(self) -> None:
+        """At a batch's deadline: fail everything when the oldest batch in flight is past
+        its own, else look again at its deadline."""
+        self._watchdog = None
+        if not self._waiting or self._lost is not None:
+            return
+        oldest = self._waiting[0]
+        if self._loop.time() >= oldest.deadline:
+            self._fail(RedisTimeoutError("Timeout talking to Redis"))
+        else:
+            self._watchdog = self._loop.call_at(oldest.deadline, self._watch)
 
     def _fail(self, exc: Exception) -> None:
         """Mark the connection lost, drop it, and fail every batch in flight."""
@@ -194,8 +207,9 @@ class RedisPipe(asyncio.Protocol):
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         waiting, self._waiting = self._waiting, collections.deque()
         for batch in waiting:
-            if batch.timer is not None:
-                batch.timer.cancel()
             batch.done(exc)
