@@ -145,3 +145,26 @@ def test_auth_and_database_and_what_it_leaves_to_redis_py(tmp_path: Path) -> Non
     assert plain_settings(aioredis.from_url("unix:///tmp/r.sock?db=2").connection_pool) == {
         "host": None, "port": None, "path": "/tmp/r.sock", "db": 2, "username": None,
         "password": None, "socket_connect_timeout": None}
+
+
+def test_a_pool_beyond_plain_keeps_redis_py_connections(redis_server: RedisProcess) -> None:
+    """A RESP3 pool (like a TLS one) is not taken over: the batches go out on pooled
+    redis-py connections, with the same replies and errors in place."""
+    key = unique("pipe-resp3")
+
+    async def main() -> None:
+        client = aioredis.from_url(redis_server.url, socket_timeout=2, protocol=3)
+        batcher = PipelineBatcher(client)
+        try:
+            replies = await asyncio.gather(
+                batcher.run([("SET", key, "1"), ("INCR", key)]),
+                batcher.run([("FCALL", "no_such_fn", 0), ("HMGET", unique("none"), "a")]))
+            assert replies[0] == [b"OK", 2]
+            assert isinstance(replies[1][0], ResponseError)
+            assert replies[1][1] == [None]
+            assert batcher._pipe is None  # noqa: SLF001 - no pipelined connection was made
+        finally:
+            await batcher.close()
+            await client.aclose()
+
+    asyncio.run(main())
