@@ -391,15 +391,18 @@ class Driver:
 
         async def writer(k: int) -> None:
             nonlocal sent
-            while (left := window[1] - time.perf_counter()) > 0:
-                try:
-                    await asyncio.wait_for(credits[k].acquire(), left)
-                except TimeoutError:
-                    return
+            while time.perf_counter() < window[1]:
+                await credits[k].acquire()
                 sent += 1
                 streams.send(self.mix.next(server, time.time()), time.perf_counter(), k)
 
-        await asyncio.gather(*(writer(k) for k in range(n_streams)))
+        # The writers stop when the window ends, whether or not a credit came back: one
+        # timer for the phase, not a timeout per message (the unary loop has none either).
+        writers = [asyncio.create_task(writer(k)) for k in range(n_streams)]
+        await asyncio.wait(writers, timeout=max(0.0, window[1] - time.perf_counter()))
+        for task in writers:
+            task.cancel()
+        await asyncio.gather(*writers, return_exceptions=True)
         incomplete = await self._close_streams(streams, 10.0, recorder)
         return self._result(recorder, sent, start, incomplete, window[1] - window[0])
 
