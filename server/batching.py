@@ -43,20 +43,24 @@ class PipelineBatcher:
 
     def __init__(self, client: aioredis.Redis | aioredis.RedisCluster) -> None:
         self._client = client
-        self._raw = isinstance(client, aioredis.Redis)
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Which way batches go: the pipelined connection (settings), pooled raw connections
+        # (pool), or, on a cluster, redis-py's Pipeline (neither).
         self._pipe_settings: dict[str, Any] | None = None
-        if self._raw:
-            # Connections of its own without a socket timeout: one timeout covers each
-            # batch's connection, send and replies (redis-py would start a task per send
-            # and a timer per reply to apply its own).
+        self._pool: aioredis.ConnectionPool | None = None
+        self._timeout_s: float | None = None
+        if isinstance(client, aioredis.Redis):
             shared = client.connection_pool
             self._timeout_s = shared.connection_kwargs.get("socket_timeout") or None
-            self._pool = aioredis.ConnectionPool(
-                connection_class=shared.connection_class,
-                max_connections=shared.max_connections,
-                **{**shared.connection_kwargs, "socket_timeout": None})
             self._pipe_settings = plain_settings(shared)
+            if self._pipe_settings is None:
+                # Connections of its own without a socket timeout: one timeout covers each
+                # batch's connection, send and replies (redis-py would start a task per
+                # send and a timer per reply to apply its own).
+                self._pool = aioredis.ConnectionPool(
+                    connection_class=shared.connection_class,
+                    max_connections=shared.max_connections,
+                    **{**shared.connection_kwargs, "socket_timeout": None})
         self._pipe: RedisPipe | None = None
         self._connecting: asyncio.Task[RedisPipe] | None = None
         self._pending: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
@@ -68,7 +72,7 @@ class PipelineBatcher:
         if self._pipe is not None:
             self._pipe.close()
             self._pipe = None
-        if self._raw:
+        if self._pool is not None:
             await self._pool.disconnect()
 
     async def run(self, commands: Sequence[Command]) -> list[Any]:
@@ -101,11 +105,12 @@ class PipelineBatcher:
     async def _send(self, batch: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]]
                     ) -> None:
         try:
-            if self._raw and self._pipe_settings is not None:
+            if self._pipe_settings is not None:
                 pipe = await self._connected_pipe()
                 replies = await pipe.request([c for commands, _ in batch for c in commands])
-            elif self._raw:
-                replies = await self._send_raw([c for commands, _ in batch for c in commands])
+            elif self._pool is not None:
+                replies = await self._send_raw(self._pool,
+                                               [c for commands, _ in batch for c in commands])
             else:
                 pipe = self._client.pipeline(transaction=False)
                 for commands, _ in batch:
@@ -139,10 +144,10 @@ class PipelineBatcher:
         self._pipe = pipe
         return pipe
 
-    async def _send_raw(self, commands: list[Command]) -> list[Any]:
+    async def _send_raw(self, pool: aioredis.ConnectionPool,
+                        commands: list[Command]) -> list[Any]:
         """Send the commands packed on one connection and read their replies; an error
         reply takes its command's place. A connection that fails is dropped, not reused."""
-        pool = self._pool
         connection = None
         try:
             async with asyncio.timeout(self._timeout_s):

@@ -272,6 +272,14 @@ def _commit_result(reply: list[bytes]) -> CommitResult:
     return CommitResult(status, _answer(outcome, approved, auth_id, decided_ms, base, reply[6]))
 
 
+def _raising_errors(replies: list[Any]) -> list[Any]:
+    """`replies`, once none of them is an error reply (the first one is raised)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
 class Store:
     """payauth's state in Redis (a single server or a Redis Cluster)."""
 
@@ -331,11 +339,7 @@ class Store:
     async def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send commands through the shared pipeline; their replies, the first error
         reply raised."""
-        replies = await self._batcher.run(commands)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
+        return _raising_errors(await self._batcher.run(commands))
 
     async def fcall(self, function: str, keys_: list[str], args: list[str | bytes | int]) -> Any:
         """Call one payauth Function through the shared pipeline (for the other state
@@ -344,9 +348,7 @@ class Store:
 
     async def _fcall(self, function: str, keys_: list[str], args: list[str | bytes | int]) -> list:
         try:
-            (reply,) = await self._batcher.run([("FCALL", function, len(keys_), *keys_, *args)])
-            if isinstance(reply, Exception):
-                raise reply
+            (reply,) = await self.batch([("FCALL", function, len(keys_), *keys_, *args)])
             return reply
         except ResponseError as exc:
             # A Redis restarted without its data, or a new node, lacks the library.
@@ -402,9 +404,7 @@ class Store:
         started = time.perf_counter()
         replies = await self._batcher.run(commands)
         READ_LATENCY.observe(time.perf_counter() - started)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        _raising_errors(replies)
         card_f, acct_f, idem_f, claim_f = replies[:4]
         stored = None
         if idem_f[1] is not None:  # an authorization's answer (a lifecycle record has none)
