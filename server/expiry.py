@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from payauth.server import keys
 from payauth.server.clock import Clock
 from payauth.server.loyalty_store import LoyaltyStore
-from payauth.server.metrics import EXPIRED_HOLDS, LOYALTY_POINTS
+from payauth.server.metrics import EXPIRED_HOLDS, LOYALTY_POINTS, child
 from payauth.server.store import Store
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class ExpirySweeper:
             expired = [await self._loyalty.expire_lots(p, program_id, member_id, now_ms)
                        for p, program_id, member_id in due]
             for (_, program_id, _), points in zip(due, expired, strict=True):
-                LOYALTY_POINTS.labels(program_id, "-", "expired").inc(points)
+                child(LOYALTY_POINTS, program_id, "-", "expired").inc(points)
             total += sum(expired)
 
     async def _release_holds(self, now_ms: int) -> int:

@@ -35,7 +35,7 @@ from payauth.server.loyalty_programs import (
     content_hash,
 )
 from payauth.server.loyalty_store import LoyaltyReply, LoyaltyStore, MemberRecord
-from payauth.server.metrics import LOYALTY_POINTS
+from payauth.server.metrics import LOYALTY_POINTS, child
 from payauth.server.validation import Violations
 from payauth.v1 import loyalty_pb2
 
@@ -347,7 +347,7 @@ class LoyaltyEngine:
             raise FailedPreconditionError(f"the member is {answer['refused']}: it earns nothing")
         after = reply.balance(m.partition, m.program_id, m.member_id)
         if reply.status == "new":
-            LOYALTY_POINTS.labels(m.program_id, plan.variant or "-", "issued").inc(
+            child(LOYALTY_POINTS, m.program_id, plan.variant or "-", "issued").inc(
                 int(answer["points"]) + int(answer["bonus"]))
         by_day = dict(m.qualifying_by_day or {})
         if reply.status == "new":
@@ -404,8 +404,8 @@ class LoyaltyEngine:
         if refused:
             raise _redeem_refusal(refused, points, m)
         if reply.status == "new":
-            LOYALTY_POINTS.labels(m.program_id, program.variant(m.member_id) or "-",
-                                  "redeemed").inc(int(answer["points"]))
+            child(LOYALTY_POINTS, m.program_id, program.variant(m.member_id) or "-",
+                  "redeemed").inc(int(answer["points"]))
         after = reply.balance(m.partition, m.program_id, m.member_id)
         redeemed = int(answer["points"])
         return loyalty_pb2.RedeemResponse(
@@ -461,8 +461,8 @@ class LoyaltyEngine:
             by_day[day] = by_day.get(day, 0) + request.points_delta
         if reply.status == "new" and request.points_delta:
             kind = "adjusted_in" if request.points_delta > 0 else "adjusted_out"
-            LOYALTY_POINTS.labels(m.program_id, program.variant(m.member_id) or "-",
-                                  kind).inc(abs(request.points_delta))
+            child(LOYALTY_POINTS, m.program_id, program.variant(m.member_id) or "-",
+                  kind).inc(abs(request.points_delta))
         return loyalty_pb2.AdjustResponse(
             request_id=request.request_id, entry_id=answer["entry"],
             points_adjusted=int(answer["points"]),
