@@ -292,6 +292,12 @@ class Driver:
             recorder.record(scheduled, error_label(exc), exc)
             return
         recorder.record(scheduled, outcome_of(response))
+        self._answered(server, request, response)
+
+    def _answered(self, server: str, request: authorizer_pb2.AuthorizeRequest,
+                  response: authorizer_pb2.AuthorizeResponse) -> None:
+        """What an answered unary call leaves behind: a new request joins the mix's
+        replays."""
         if not response.replayed:
             self.mix.answered(server, request)
 

@@ -621,6 +621,39 @@ def machine(client: redis.Redis | None) -> dict[str, Any]:
     }
 
 
+def add_harness_arguments(p: argparse.ArgumentParser, results: str) -> None:
+    """The arguments of the harness this benchmark and the loyalty one share: the server,
+    the client processes, the saturation phases, the pauses and where results go."""
+    p.add_argument("--serve-arg", action="append", default=[],
+                   help="extra argument for payauth serve (repeat for several)")
+    p.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
+    p.add_argument("--concurrency", type=int, default=64,
+                   help="calls in flight per client process at saturation (default "
+                        "%(default)s)")
+    p.add_argument("--saturation-seconds", type=float, default=None,
+                   help="measuring seconds of each saturation phase (default 4, quick 2)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="seconds of warm-up before each saturation window (default 1.5, "
+                        "quick 0.5)")
+    p.add_argument("--drain", type=float, default=5.0,
+                   help="seconds to wait for the last answers of a phase (default %(default)s)")
+    p.add_argument("--pause", type=float, default=0.5,
+                   help="seconds between phases (default %(default)s)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results",
+                   help=f"folder of {results}.json and {results}.png (default "
+                        f"benchmarks/results)")
+    p.add_argument("--keep-temp", action="store_true",
+                   help="keep the temporary folder (server logs, Redis data)")
+
+
+def resolve_harness_defaults(args: argparse.Namespace) -> None:
+    """The defaults of `add_harness_arguments` that depend on --quick."""
+    quick = args.quick
+    args.saturation_seconds = args.saturation_seconds or (2.0 if quick else 4.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.5)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line; --quick shrinks the data set and the phases for a smoke run."""
     cores = os.cpu_count() or 1
@@ -637,11 +670,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pan-key-file", type=Path, default=None,
                    help="PAN key file for payauth serve; a Redis that payauth used before needs "
                         "the key it was used with")
-    p.add_argument("--serve-arg", action="append", default=[],
-                   help="extra argument for payauth serve (repeat for several)")
     p.add_argument("--accounts", type=int, default=None, help="accounts (default 10,000)")
     p.add_argument("--cards", type=int, default=None, help="cards (default 50,000)")
-    p.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
     p.add_argument("--channels", type=int, default=4,
                    help="connections per client process to each server (default 4)")
     p.add_argument("--streams", type=int, default=4,
@@ -652,33 +682,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="open-loop loads in percent of saturation (default %(default)s)")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds per open-loop level (default 8, quick 2)")
-    p.add_argument("--saturation-seconds", type=float, default=None,
-                   help="measuring seconds of each saturation phase (default 4, quick 2)")
-    p.add_argument("--warmup", type=float, default=None,
-                   help="seconds of warm-up before each saturation window (default 1.5, "
-                        "quick 0.5)")
-    p.add_argument("--concurrency", type=int, default=64,
-                   help="requests in flight per client process at saturation (default "
-                        "%(default)s; payauth's Redis pool holds 100 connections per worker)")
     p.add_argument("--stream-window", type=int, default=0,
                    help="messages in flight per stream at saturation (default: concurrency / "
                         "streams, so both kinds keep as many requests in flight)")
-    p.add_argument("--drain", type=float, default=5.0,
-                   help="seconds to wait for the last answers of a phase (default %(default)s)")
-    p.add_argument("--pause", type=float, default=0.5,
-                   help="seconds between phases (default %(default)s)")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results",
-                   help="folder of e2e.json and e2e.png (default benchmarks/results)")
-    p.add_argument("--keep-temp", action="store_true",
-                   help="keep the temporary folder (server logs, Redis data)")
+    add_harness_arguments(p, "e2e")
     args = p.parse_args(argv)
     quick = args.quick
     args.accounts = args.accounts or (1_000 if quick else 10_000)
     args.cards = args.cards or (5_000 if quick else 50_000)
     args.duration = args.duration or (2.0 if quick else 8.0)
-    args.saturation_seconds = args.saturation_seconds or (2.0 if quick else 4.0)
-    args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.5)
+    resolve_harness_defaults(args)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in args.modes if m not in MODES]
     if unknown:

@@ -42,9 +42,16 @@ import uvloop  # noqa: E402
 
 from benchmarks.e2e import dataset  # noqa: E402
 from benchmarks.e2e import report as e2e_report  # noqa: E402
-from benchmarks.e2e.run import Harness, Phase, _merge, machine, run_and_write  # noqa: E402
+from benchmarks.e2e.run import (  # noqa: E402
+    Harness,
+    Phase,
+    _merge,
+    add_harness_arguments,
+    machine,
+    resolve_harness_defaults,
+    run_and_write,
+)
 from benchmarks.e2e.servers import (  # noqa: E402
-    REPO_ROOT,
     Counters,
     cpu_seconds,
     payauth_server,
@@ -433,46 +440,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="smoke run: 600 accounts and cards, one short round (under a minute)")
     p.add_argument("--workers", type=int, default=cores,
                    help="payauth worker processes (default: cores, %(default)s)")
-    p.add_argument("--serve-arg", action="append", default=[],
-                   help="extra argument for payauth serve (repeat for several)")
     p.add_argument("--accounts", type=int, default=None, help="accounts (default 2,000)")
     p.add_argument("--cards", type=int, default=None, help="cards (default 2,000)")
     p.add_argument("--member-share", type=float, default=0.5,
                    help="share of accounts enrolled as members (default %(default)s)")
-    p.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
     p.add_argument("--channels", type=int, default=4,
                    help="connections per client process (default 4)")
-    p.add_argument("--concurrency", type=int, default=64,
-                   help="calls in flight per client process at saturation (default "
-                        "%(default)s; payauth's Redis pool holds 100 connections per worker)")
     p.add_argument("--rounds", type=int, default=None,
                    help="saturation rounds, each without + with (in alternating order) + "
                         "Earn (default 4, quick 1)")
-    p.add_argument("--saturation-seconds", type=float, default=None,
-                   help="measuring seconds of each saturation phase (default 4, quick 2)")
-    p.add_argument("--warmup", type=float, default=None,
-                   help="seconds before each saturation window (default 1.5, quick 0.5)")
     p.add_argument("--latency-percent", type=int, default=50,
                    help="open-loop rate for the latency phases, in percent of the lower "
                         "saturation of the two pools (default %(default)s)")
     p.add_argument("--latency-seconds", type=float, default=None,
                    help="seconds of each open-loop latency phase (default 6, quick 2)")
-    p.add_argument("--drain", type=float, default=5.0,
-                   help="seconds to wait for the last answers of a phase (default %(default)s)")
-    p.add_argument("--pause", type=float, default=0.5,
-                   help="seconds between phases (default %(default)s)")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results",
-                   help="folder of loyalty.json and loyalty.png (default benchmarks/results)")
-    p.add_argument("--keep-temp", action="store_true",
-                   help="keep the temporary folder (server log, Redis data)")
+    add_harness_arguments(p, "loyalty")
     args = p.parse_args(argv)
     quick = args.quick
     args.accounts = args.accounts or (600 if quick else 2_000)
     args.cards = args.cards or (600 if quick else 2_000)
     args.rounds = args.rounds or (1 if quick else 4)
-    args.saturation_seconds = args.saturation_seconds or (2.0 if quick else 4.0)
-    args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.5)
+    resolve_harness_defaults(args)
     args.latency_seconds = args.latency_seconds or (2.0 if quick else 6.0)
     if not 0 < args.member_share < 1:
         p.error("--member-share must be between 0 and 1")
