@@ -6,31 +6,44 @@ allocates nothing and runs without the GIL, so policies and the server call
 `TreeEnsemble.margin` from C (`cimport`) or from Python alike.
 
 How the walk is made fast (see docs/models.md for the measurements):
-- Every tree is laid out breadth first in one array of 16-byte nodes, the two children
-  of a split side by side, so a step is `right - (v <= threshold)`, with no branch on
-  the outcome.
-- A leaf goes "left" to itself, so TREE_LANES (12) trees are walked side by side, each in
-  a register, for a fixed number of steps (the deepest of them): their loads overlap
-  instead of waiting on each other.
+- The ranked walk, taken by every model read through the row buffer with no categorical
+  or zero-as-missing split and no tree deeper than RANK_DEPTH_MAX (all XGBoost models of
+  the default depth, LightGBM models trained with `max_depth` <= 6): a split's test
+  `v <= t` is the same as `rank(v) <= rank(t)`, a value's rank being how many of its
+  feature's thresholds lie below it. So each feature the model reads is ranked once per
+  row (a branch-free binary search over its sorted thresholds, eight features side by
+  side), and every tree becomes a complete heap of 4-byte nodes (threshold rank, rank
+  slot): a step is `i = 2i + (ranks[slot] > node)`, no child index stored. The model's
+  nodes take a quarter of the node walk's bytes, so they stay in the cache beside the
+  record the decision reads.
+- Otherwise every tree is laid out breadth first in one array of 16-byte nodes, the two
+  children of a split side by side, so a step is `right - (v <= threshold)`, with no
+  branch on the outcome.
+- Walks take the same number of steps: in the ranked walk a leaf above the deepest level
+  fills every leaf slot below it; in the node walk a leaf goes "left" to itself. So
+  several trees are walked side by side (RANK_LANES, TREE_LANES), each in a register:
+  their loads overlap instead of waiting on each other.
 - The features a model reads are first copied into a small row buffer on the C stack,
   twice: with NaN as -inf (read by splits whose NaN goes left) and as they are (NaN
-  fails `v <= t`, so it goes right). One comparison decides a split, NaN included.
-- A leaf keeps its value in its own node (its threshold; it reads the row buffer's
-  trailing -inf, so its test always holds): the sum reads it from the node the walk just
-  loaded, not from another array.
+  fails `v <= t`, so it goes right). One comparison decides a split, NaN included. The
+  ranked walk keeps the two copies as ranks (NaN: 0, or above every threshold's rank).
+- In the node walk a leaf keeps its value in its own node (its threshold; it reads the
+  row buffer's trailing -inf, so its test always holds): the sum reads it from the node
+  the walk just loaded, not from another array.
 
 Semantics are the libraries' own, corners included: LightGBM treats |x| <= 1e-35f as
 zero, NaN as zero unless the split learned a NaN direction, and sends NaN, negative and
 too-large categories right; XGBoost compares float32(x) < float32 threshold and sums
 float32 leaves onto its float32 base margin. Every numeric split becomes the one test
 `v <= threshold` on doubles when the ensemble is built (`_xgboost_threshold`,
-`_lightgbm_threshold`), so the walk is the same for both.
+`_lightgbm_threshold`), so the walks are the same for both.
 """
 
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.math cimport INFINITY, exp, expf, logf, nextafter, nextafterf
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
+from libc.string cimport memset
 
 from payauth.core.cel_eval cimport Activation
 
@@ -133,6 +146,161 @@ cdef inline double _leaf(const TreeNode *nodes, const double *leaf, int32_t i,
     if direct:
         return leaf[i]
     return nodes[i].threshold
+
+
+cdef inline Py_ssize_t _search_step(const double *cuts, Py_ssize_t p, Py_ssize_t h,
+                                    double v) noexcept nogil:
+    """One step of a branch-free binary search: p counts the cuts known to lie below v."""
+    return p + h if cuts[p + h - 1] < v else p
+
+
+cdef inline uint32_t _nan_rank(Py_ssize_t p, double v, bint nan_right) noexcept nogil:
+    """A value's rank, shifted into the high half as the heaps compare it; NaN ranks 0
+    where it goes left and RANK_NAN_RIGHT where it goes right."""
+    if v != v:
+        return <uint32_t>RANK_NAN_RIGHT << 16 if nan_right else 0
+    return <uint32_t>p << 16
+
+
+cdef inline void _fill_ranks(TreeEnsemble self, const double *x,
+                             uint32_t *ranks) noexcept nogil:
+    """ranks = [rank of x, NaN as 0 | rank of x, NaN as RANK_NAN_RIGHT] << 16, over the
+    features the model reads; a value's rank is how many of its feature's thresholds lie
+    below it.
+
+    For every threshold t of rank r and every value v that is not NaN, `v <= t` holds
+    exactly when rank(v) <= r, so the split's test on ranks is the test on doubles. NaN
+    takes rank 0 on the side where it goes left (0 <= every r) and one above every r on
+    the other, as the row buffer's -inf and NaN do.
+
+    Every feature's cuts are padded with +inf to one power of two, so the searches all
+    take the same steps, RANK_GROUP features side by side: their steps do not wait on
+    each other, and each is one comparison and a conditional move. Padding features (up
+    to a multiple of RANK_GROUP) read x[gather[0]] against cuts of +inf only.
+    """
+    cdef Py_ssize_t g, h, n = self._rank_features, width = 2 * self._rank_half
+    cdef Py_ssize_t k = self._n_gather
+    cdef const double *cuts
+    cdef const int32_t *gather = self._gather
+    cdef Py_ssize_t p0, p1, p2, p3, p4, p5, p6, p7
+    cdef double v0, v1, v2, v3, v4, v5, v6, v7
+    g = 0
+    while g < n:
+        cuts = self._rank_cuts + g * width
+        v0 = x[gather[g if g < k else 0]]
+        v1 = x[gather[g + 1 if g + 1 < k else 0]]
+        v2 = x[gather[g + 2 if g + 2 < k else 0]]
+        v3 = x[gather[g + 3 if g + 3 < k else 0]]
+        v4 = x[gather[g + 4 if g + 4 < k else 0]]
+        v5 = x[gather[g + 5 if g + 5 < k else 0]]
+        v6 = x[gather[g + 6 if g + 6 < k else 0]]
+        v7 = x[gather[g + 7 if g + 7 < k else 0]]
+        p0 = 0
+        p1 = width
+        p2 = 2 * width
+        p3 = 3 * width
+        p4 = 4 * width
+        p5 = 5 * width
+        p6 = 6 * width
+        p7 = 7 * width
+        h = self._rank_half
+        while h:
+            p0 = _search_step(cuts, p0, h, v0)
+            p1 = _search_step(cuts, p1, h, v1)
+            p2 = _search_step(cuts, p2, h, v2)
+            p3 = _search_step(cuts, p3, h, v3)
+            p4 = _search_step(cuts, p4, h, v4)
+            p5 = _search_step(cuts, p5, h, v5)
+            p6 = _search_step(cuts, p6, h, v6)
+            p7 = _search_step(cuts, p7, h, v7)
+            h >>= 1
+        p1 -= width
+        p2 -= 2 * width
+        p3 -= 3 * width
+        p4 -= 4 * width
+        p5 -= 5 * width
+        p6 -= 6 * width
+        p7 -= 7 * width
+        ranks[g] = _nan_rank(p0, v0, False)
+        ranks[g + 1] = _nan_rank(p1, v1, False)
+        ranks[g + 2] = _nan_rank(p2, v2, False)
+        ranks[g + 3] = _nan_rank(p3, v3, False)
+        ranks[g + 4] = _nan_rank(p4, v4, False)
+        ranks[g + 5] = _nan_rank(p5, v5, False)
+        ranks[g + 6] = _nan_rank(p6, v6, False)
+        ranks[g + 7] = _nan_rank(p7, v7, False)
+        ranks[n + g] = _nan_rank(p0, v0, True)
+        ranks[n + g + 1] = _nan_rank(p1, v1, True)
+        ranks[n + g + 2] = _nan_rank(p2, v2, True)
+        ranks[n + g + 3] = _nan_rank(p3, v3, True)
+        ranks[n + g + 4] = _nan_rank(p4, v4, True)
+        ranks[n + g + 5] = _nan_rank(p5, v5, True)
+        ranks[n + g + 6] = _nan_rank(p6, v6, True)
+        ranks[n + g + 7] = _nan_rank(p7, v7, True)
+        g += RANK_GROUP
+
+
+cdef inline Py_ssize_t _rank_step(const uint32_t *heap, const uint32_t *ranks,
+                                  Py_ssize_t i) noexcept nogil:
+    """One step down a complete heap, left child 2i, right 2i + 1. A node holds its
+    threshold's rank r in its high half and its rank slot s in the low one, and ranks[s]
+    is the value's rank v << 16: v > r exactly when ranks[s] > the node (s < 2**16)."""
+    cdef uint32_t n = heap[i]
+    return i + i + <Py_ssize_t>(n < ranks[n & 0xFFFF])
+
+
+cdef inline double _sum_ranked(TreeEnsemble self, const uint32_t *ranks,
+                               bint float32) noexcept nogil:
+    """The ranked walk: RANK_LANES heaps side by side, every walk the same number of
+    steps (a leaf above the deepest level is copied to every slot below it)."""
+    cdef const uint32_t *heap = self._rank_nodes
+    cdef const double *leaf = self._rank_leaf
+    cdef Py_ssize_t c, d, depth = self._rank_depth
+    cdef Py_ssize_t first = <Py_ssize_t>1 << depth
+    cdef Py_ssize_t l0, l1, l2, l3, l4, l5, l6, l7, l8, l9
+    cdef double total = 0.0
+    cdef float total32 = <float>self._base_margin
+    for c in range(self._rank_chunks):
+        l0 = l1 = l2 = l3 = l4 = l5 = l6 = l7 = l8 = l9 = 1
+        for d in range(depth):
+            l0 = _rank_step(heap, ranks, l0)
+            l1 = _rank_step(heap + RANK_STRIDE, ranks, l1)
+            l2 = _rank_step(heap + 2 * RANK_STRIDE, ranks, l2)
+            l3 = _rank_step(heap + 3 * RANK_STRIDE, ranks, l3)
+            l4 = _rank_step(heap + 4 * RANK_STRIDE, ranks, l4)
+            l5 = _rank_step(heap + 5 * RANK_STRIDE, ranks, l5)
+            l6 = _rank_step(heap + 6 * RANK_STRIDE, ranks, l6)
+            l7 = _rank_step(heap + 7 * RANK_STRIDE, ranks, l7)
+            l8 = _rank_step(heap + 8 * RANK_STRIDE, ranks, l8)
+            l9 = _rank_step(heap + 9 * RANK_STRIDE, ranks, l9)
+        # Leaves in the trees' own order, rounded as the library rounds (see _sum_leaves).
+        if float32:
+            total32 = total32 + <float>leaf[l0 - first]
+            total32 = total32 + <float>leaf[RANK_STRIDE + l1 - first]
+            total32 = total32 + <float>leaf[2 * RANK_STRIDE + l2 - first]
+            total32 = total32 + <float>leaf[3 * RANK_STRIDE + l3 - first]
+            total32 = total32 + <float>leaf[4 * RANK_STRIDE + l4 - first]
+            total32 = total32 + <float>leaf[5 * RANK_STRIDE + l5 - first]
+            total32 = total32 + <float>leaf[6 * RANK_STRIDE + l6 - first]
+            total32 = total32 + <float>leaf[7 * RANK_STRIDE + l7 - first]
+            total32 = total32 + <float>leaf[8 * RANK_STRIDE + l8 - first]
+            total32 = total32 + <float>leaf[9 * RANK_STRIDE + l9 - first]
+        else:
+            total = total + leaf[l0 - first]
+            total = total + leaf[RANK_STRIDE + l1 - first]
+            total = total + leaf[2 * RANK_STRIDE + l2 - first]
+            total = total + leaf[3 * RANK_STRIDE + l3 - first]
+            total = total + leaf[4 * RANK_STRIDE + l4 - first]
+            total = total + leaf[5 * RANK_STRIDE + l5 - first]
+            total = total + leaf[6 * RANK_STRIDE + l6 - first]
+            total = total + leaf[7 * RANK_STRIDE + l7 - first]
+            total = total + leaf[8 * RANK_STRIDE + l8 - first]
+            total = total + leaf[9 * RANK_STRIDE + l9 - first]
+        heap += RANK_LANES * RANK_STRIDE
+        leaf += RANK_LANES * RANK_STRIDE
+    if float32:
+        return total32
+    return total
 
 
 cdef inline double _sum_leaves(TreeEnsemble self, const double *x, const double *row,
@@ -289,7 +457,9 @@ cdef class TreeEnsemble:
     Built by `TreeModel.bind(layout)`: `feature_index[i]` is where the model's i-th
     feature sits in the decision vector, whose length must be at least `width`.
     `direct=True` makes splits read the vector itself instead of the row buffer (what
-    models reading more than TREE_GATHER_MAX features do); it exists for the tests.
+    models reading more than TREE_GATHER_MAX features do), and `ranked=False` keeps a
+    model the ranked walk could take on the node walk; both exist for the tests and the
+    benchmarks, which hold the walks equal and measure them side by side.
     """
 
     def __cinit__(self):
@@ -300,6 +470,9 @@ cdef class TreeEnsemble:
         self._special = NULL
         self._cat_bits = NULL
         self._gather = NULL
+        self._rank_nodes = NULL
+        self._rank_leaf = NULL
+        self._rank_cuts = NULL
 
     def __dealloc__(self):
         PyMem_Free(self._nodes)
@@ -309,8 +482,12 @@ cdef class TreeEnsemble:
         PyMem_Free(self._special)
         PyMem_Free(self._cat_bits)
         PyMem_Free(self._gather)
+        PyMem_Free(self._rank_nodes)
+        PyMem_Free(self._rank_leaf)
+        PyMem_Free(self._rank_cuts)
 
-    def __init__(self, model, feature_index, Py_ssize_t width, *, bint direct=False):
+    def __init__(self, model, feature_index, Py_ssize_t width, *, bint direct=False,
+                 bint ranked=True):
         cdef const int64_t[::1] offsets = np.ascontiguousarray(model.tree_offsets, np.int64)
         cdef const int32_t[::1] feature = np.ascontiguousarray(model.split_feature, np.int32)
         cdef const double[::1] threshold = np.ascontiguousarray(model.threshold, np.float64)
@@ -495,11 +672,89 @@ cdef class TreeEnsemble:
             k = t // TREE_LANES
             self._chunk_depth[k] = max(self._chunk_depth[k], <int32_t>depth)
         self._n_nodes = pos
+        if ranked:
+            self._build_ranked()
+
+    cdef int _build_ranked(self) except -1:
+        """Lay the trees out for the ranked walk where the model allows it: read through
+        the row buffer, no categorical or zero-as-missing split, no tree deeper than
+        RANK_DEPTH_MAX, at most RANK_CUTS_MAX distinct thresholds a feature and
+        RANK_CUTS_BUDGET cuts in all.
+
+        The node layout stays as it is (`nodes_visited` and the other walks read it); the
+        heaps are built from it, so both walks take every split the same way.
+        """
+        cdef Py_ssize_t k = self._n_gather, a, t, j, i, d, n, width, first, span
+        cdef Py_ssize_t chunks = (self._n_trees + RANK_LANES - 1) // RANK_LANES
+        cdef Py_ssize_t n_heap = chunks * RANK_LANES * RANK_STRIDE
+        cdef int32_t depth = 0
+        cdef uint32_t word, slot
+        if k < 0 or self._n_special:
+            return 0
+        for i in range(self._n_chunks):
+            depth = max(depth, self._chunk_depth[i])
+        if depth > RANK_DEPTH_MAX:
+            return 0
+        cut_sets = [set() for _ in range(k)]
+        for a in range(self._n_nodes):
+            word = self._nodes[a].word
+            if word != 2 * k:  # not a leaf
+                cut_sets[word % k].add(self._nodes[a].threshold)
+        cuts = [sorted(c) for c in cut_sets]
+        # One padded length for all: a power of two above every feature's number of cuts,
+        # so the search's last position still counts them all.
+        width = 2
+        while width <= max((len(c) for c in cuts), default=0):
+            width *= 2
+        n = (k + RANK_GROUP - 1) // RANK_GROUP * RANK_GROUP
+        if width - 1 > RANK_CUTS_MAX or n * width > RANK_CUTS_BUDGET:
+            return 0
+        rank = [{v: r for r, v in enumerate(c)} for c in cuts]
+        self._rank_cuts = <double *>_alloc(n * width * sizeof(double))
+        for j in range(n):
+            for i in range(width):
+                self._rank_cuts[j * width + i] = (cuts[j][i] if j < k and i < len(cuts[j])
+                                                  else INFINITY)
+
+        # Padding trees are all zeros: a walk through them ends on a leaf of value 0.
+        self._rank_nodes = <uint32_t *>_alloc(n_heap * sizeof(uint32_t))
+        self._rank_leaf = <double *>_alloc(n_heap * sizeof(double))
+        memset(self._rank_nodes, 0, n_heap * sizeof(uint32_t))
+        memset(self._rank_leaf, 0, n_heap * sizeof(double))
+        first = 1 << depth
+        for t in range(self._n_trees):
+            stack = [(self._roots[t], 1, 0)]  # (node, heap index, its depth)
+            while stack:
+                a, i, d = stack.pop()
+                word = self._nodes[a].word
+                if word == 2 * k:
+                    # A leaf above the deepest level fills every leaf slot below it.
+                    span = 1 << (depth - d)
+                    for j in range(i * span, (i + 1) * span):
+                        self._rank_leaf[t * RANK_STRIDE + j - first] = self._leaf_value[a]
+                    continue
+                # Row slot j (NaN left) or k + j (NaN right) -> rank slot j or n + j.
+                slot = word if word < k else n + word - k
+                self._rank_nodes[t * RANK_STRIDE + i] = (
+                    slot | (<uint32_t>rank[word % k][self._nodes[a].threshold] << 16))
+                stack.append((self._nodes[a].right - 1, 2 * i, d + 1))
+                stack.append((self._nodes[a].right, 2 * i + 1, d + 1))
+        self._rank_features = n
+        self._rank_chunks = chunks
+        self._rank_half = <int32_t>(width // 2)
+        self._rank_depth = depth
+        return 0
 
     # -- the C entry points ----------------------------------------------------------
 
     cdef double margin(self, const double *x) noexcept nogil:
         cdef double row[2 * TREE_GATHER_MAX + 1]
+        cdef uint32_t ranks[2 * TREE_GATHER_MAX]
+        if self._rank_nodes != NULL:
+            _fill_ranks(self, x, ranks)
+            if self._float32:
+                return _sum_ranked(self, ranks, True)
+            return _sum_ranked(self, ranks, False)
         if self._n_gather < 0:
             if self._float32:
                 return _sum_leaves(self, x, x, False, True, True)
@@ -541,6 +796,12 @@ cdef class TreeEnsemble:
     @property
     def feature_names(self) -> tuple:
         return self.model.feature_names
+
+    @property
+    def walks_ranked(self) -> bool:
+        """True when the walk compares the ranks of values among each feature's thresholds
+        (4-byte nodes in complete heaps), not the values themselves."""
+        return self._rank_nodes != NULL
 
     @property
     def reads_directly(self) -> bool:

@@ -189,6 +189,9 @@ REFERENCES: dict[str, Callable[[], Reference]] = {
         "lgb-200-trees-depth-6", {"objective": "binary", "num_leaves": 63, "max_depth": 6,
                                   "num_threads": 2, "min_data_in_leaf": 10}, 200,
         n=4000, p=30, seed=7),
+    "lgb-deep-trees": lambda: _lightgbm(
+        "lgb-deep-trees", {"objective": "binary", "num_leaves": 48, "min_data_in_leaf": 2}, 10,
+        seed=8),
     "xgb-default-base-score": lambda: _xgboost(
         "xgb-default-base-score", {"objective": "binary:logistic", "max_depth": 3}, 30),
     "xgb-base-score-0.3-depth1": lambda: _xgboost(
@@ -230,18 +233,30 @@ def _assert_close(what: str, got: np.ndarray, want: np.ndarray) -> None:
         f"{what}: max |core - library| = {abs(got[worst] - want[worst]):.3g} at row {worst}")
 
 
+# The three walks a model may take (TreeEnsemble's options): the ranked walk where the model
+# allows it (the default), the node walk through the row buffer, the node walk reading the
+# decision vector directly. Every parity test runs each.
+WALKS = {"ranked": {}, "nodes": {"ranked": False}, "direct": {"direct": True}}
+
+
+def _ensembles(model: TreeModel, index: list[int], width: int) -> list[TreeEnsemble]:
+    return [TreeEnsemble(model, index, width, **options) for options in WALKS.values()]
+
+
 # -- parity with the libraries -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("direct", [False, True], ids=["row-buffer", "direct"])
+@pytest.mark.parametrize("walk", list(WALKS))
 @pytest.mark.parametrize(("name", "fmt"), CASES, ids=[f"{n}-{f}" for n, f in CASES])
-def test_margin_and_probability_match_the_library(name: str, fmt: str, direct: bool) -> None:
+def test_margin_and_probability_match_the_library(name: str, fmt: str, walk: str) -> None:
     ref = reference(name)
     model = LOADERS[fmt](ref.dumps[fmt]())
     assert load_model(ref.dumps[fmt]()).n_trees == model.n_trees
     ensemble = TreeEnsemble(model, list(range(len(model.feature_names))),
-                            len(model.feature_names), direct=direct)
-    assert ensemble.reads_directly == direct
+                            len(model.feature_names), **WALKS[walk])
+    assert ensemble.reads_directly == (walk == "direct")
+    if walk != "ranked":
+        assert not ensemble.walks_ranked
     rows = ref.rows
     _assert_close(f"{name} {fmt} margin", ensemble.margins(rows), ref.raw(rows))
     _assert_close(f"{name} {fmt} probability", ensemble.probabilities(rows), ref.proba(rows))
@@ -372,9 +387,64 @@ def test_lightgbm_corners_match_lightgbm(case: tuple[str, np.ndarray]) -> None:
     booster = lgb.Booster(model_str=text)
     want = booster.predict(rows, raw_score=True, num_threads=1)
     for model in (load_lightgbm_text(text), load_lightgbm_json(booster.dump_model())):
-        for direct in (False, True):
-            ensemble = TreeEnsemble(model, [0, 1, 2, 3], 4, direct=direct)
+        for ensemble in _ensembles(model, [0, 1, 2, 3], 4):
             np.testing.assert_array_equal(ensemble.margins(rows), want)
+
+
+def test_the_ranked_walk_with_a_thousand_thresholds_on_one_feature() -> None:
+    # 1,000 stumps on feature 0 (NaN sent left and right in turn) and 40 on the others:
+    # feature 0's cuts fill a table of 1,024, the others pad to it. Rows sit on every
+    # threshold and one ulp either side, or are NaN, infinite or zero.
+    rng = np.random.default_rng(11)
+    cuts = np.unique(rng.normal(scale=100, size=1000))
+    trees = []
+    for t in range(len(cuts) + 40):
+        feature, threshold = (0, cuts[t]) if t < len(cuts) else (1 + t % 3, rng.normal())
+        trees.append(_LGB_TREE.format(
+            index=t, num_cat=0, feature=feature, threshold=repr(float(threshold)),
+            decision=(t % 2) << 1 | 2 << 2, left=repr(float(rng.normal())),
+            right=repr(float(rng.normal())), cats=""))
+    text = _lightgbm_text(trees)
+    pool = np.concatenate([cuts, np.nextafter(cuts, np.inf), np.nextafter(cuts, -np.inf),
+                           [np.nan, np.inf, -np.inf, 0.0, -0.0]])
+    rows = rng.choice(pool, size=(3000, 4))
+    want = lgb.Booster(model_str=text).predict(rows, raw_score=True, num_threads=1)
+    ranked, nodes, direct = _ensembles(load_lightgbm_text(text), [0, 1, 2, 3], 4)
+    assert ranked.walks_ranked
+    for ensemble in (ranked, nodes, direct):
+        np.testing.assert_array_equal(ensemble.margins(rows), want)
+
+
+def _max_depth(model: TreeModel) -> int:
+    deepest = 0
+    for t in range(model.n_trees):
+        base = model.tree_offsets[t]
+        stack = [(0, 0)]
+        while stack:
+            node, depth = stack.pop()
+            if model.split_feature[base + node] < 0:
+                deepest = max(deepest, depth)
+            else:
+                stack += [(model.left_child[base + node], depth + 1),
+                          (model.right_child[base + node], depth + 1)]
+    return deepest
+
+
+def test_which_models_walk_ranked() -> None:
+    # Every model read through the row buffer walks ranked unless it has a categorical or
+    # zero-as-missing split (LightGBM) or a tree deeper than 6.
+    taken = {}
+    for name in REFERENCES:
+        fmt = "xgboost-json" if name.startswith("xgb") else "lightgbm-text"
+        model = LOADERS[fmt](reference(name).dumps[fmt]())
+        special = not model.float32 and bool(np.any(model.categorical)
+                                              | np.any(model.missing_type == 1))
+        deep = _max_depth(model) > 6
+        taken[name] = model.bind().walks_ranked
+        assert taken[name] == (not special and not deep), name
+    assert taken["lgb-200-trees-depth-6"] and taken["xgb-200-trees-depth-6"]
+    assert not taken["lgb-categorical"] and not taken["lgb-zero-as-missing"]
+    assert not taken["lgb-deep-trees"]
 
 
 _xgb_template: dict = {}
@@ -455,8 +525,7 @@ def test_xgboost_corners_match_xgboost(case: tuple[dict, np.ndarray]) -> None:
     np.testing.assert_array_equal(inplace, margin)
     probability = booster.predict(data).astype(np.float64)
     for model in (load_xgboost_json(text), load_xgboost_json(document)):
-        for direct in (False, True):
-            ensemble = TreeEnsemble(model, [0, 1, 2, 3], 4, direct=direct)
+        for ensemble in _ensembles(model, [0, 1, 2, 3], 4):
             np.testing.assert_array_equal(ensemble.margins(rows), margin)
             _assert_close("probability", ensemble.probabilities(rows), probability)
 
@@ -816,10 +885,8 @@ def _loads_or_value_error(load: Callable[[], TreeModel], width: int) -> None:
     # Whatever loads is a model the core walks safely, on any row.
     rows = np.array([[np.nan] * width, [0.0] * width, [1e300] * width, [-3.0] * width])
     ensemble = model.bind(width=max(width, len(model.feature_names)))
-    for direct in (False, True):
-        margins = TreeEnsemble(model, ensemble.feature_index, ensemble.width,
-                               direct=direct).margins(
-            np.ascontiguousarray(np.resize(rows, (4, ensemble.width))))
+    for walker in _ensembles(model, list(ensemble.feature_index), ensemble.width):
+        margins = walker.margins(np.ascontiguousarray(np.resize(rows, (4, ensemble.width))))
         assert margins.shape == (4,)
 
 
