@@ -180,6 +180,11 @@ class PayauthDecider:
 
         return make
 
+    def decide_with(self, model: Any) -> Callable[[dict[str, Any]], Any]:
+        """`decide` with another ensemble bound to the same vector (the node walk, to
+        measure the ranked walk against it in the same run)."""
+        return self._make_fill(self.context, self.policy.decide, model)["decide"]
+
     def prepared_context(self, record: dict[str, Any], score: float) -> Any:
         """A context of its own holding `record` and `score` (policy-only timings)."""
         ctx = self.builder.new(extra=len(workload.RISK_FEATURES))

@@ -52,6 +52,7 @@ ONE_THREAD = " 1 thread"
 PAYAUTH_POLICY = "payauth policy"
 PAYAUTH_MODEL = "payauth model ({})"
 PAYAUTH_POLICY_LOOP = "payauth policy C loop, {} rules"
+NODE_WALK = ", node walk"  # the same, the model kept on the node walk (ranked=False)
 
 
 def log(message: str) -> None:
@@ -136,6 +137,10 @@ class Bench:
             self.xgb_ensemble = load_model(f.read()).bind(self.decider.vector_layout,
                                                           width=self.decider.width)
         self.ensemble = self.decider.ensemble
+        from payauth.core.trees import TreeEnsemble
+        self.node_walk = TreeEnsemble(self.ensemble.model, self.ensemble.feature_index,
+                                      self.ensemble.width, ranked=False)
+        self.decide_node_walk = self.decider.decide_with(self.node_walk)
 
         # inputs: distinct records for single calls, a larger set for batches
         self.records = workload.make_records(a.records, seed=5)
@@ -196,6 +201,18 @@ class Bench:
             "ok": diff_x <= 1e-6}
         if diff > 1e-12 or diff_x > 1e-6:
             raise SystemExit(f"payauth's models disagree with the libraries: {diff}, {diff_x}")
+        # The node walk, timed beside the ranked walk, must give the same answers.
+        assert self.ensemble.walks_ranked and not self.node_walk.walks_ranked
+        node_diff = float(np.abs(self.node_walk.probabilities(self.batch_matrix) - ours).max())
+        same = sum(self.decide_node_walk(r) == self.decider.decide(r) for r in self.records)
+        self.checks[PAYAUTH_MODEL.format("lightgbm") + NODE_WALK] = {
+            "against": PAYAUTH_MODEL.format("lightgbm"), "rows": len(ours),
+            "max_abs_diff": node_diff, "decisions": len(self.records),
+            "decisions_differing": len(self.records) - same,
+            "ok": node_diff == 0 and same == len(self.records)}
+        if node_diff != 0 or same != len(self.records):
+            raise SystemExit(f"the node walk disagrees with the ranked walk: {node_diff}, "
+                             f"{len(self.records) - same} decisions")
 
     def _peer(self, key: str, make: Callable[[], Any]) -> Any:
         if key in self.args.skip:
@@ -360,11 +377,14 @@ class Bench:
 
         cases = [
             Case(PAYAUTH_DECISION, d.decide, self.records),
+            Case(PAYAUTH_DECISION + NODE_WALK, self.decide_node_walk, self.records),
             Case(PAYAUTH_DECISION_FILLED, decide_filled, self.contexts),
             Case(PAYAUTH_FILL, d.fill, self.records),
             Case(PAYAUTH_FILL_CONTEXT, d.fill_context, self.records),
             Case(PAYAUTH_FILL_VECTOR, d.build_vector, self.records),
             Case(PAYAUTH_MODEL.format("lightgbm"), lgb_prob, self.vectors),
+            Case(PAYAUTH_MODEL.format("lightgbm") + NODE_WALK, self.node_walk.probability_of,
+                 self.vectors),
             Case(PAYAUTH_MODEL.format("xgboost"), self.xgb_ensemble.probability_of,
                  self.vectors),
             Case(PAYAUTH_POLICY, policy.evaluate, self.contexts),
@@ -643,6 +663,11 @@ def summarize(bench: Bench, args: argparse.Namespace, info: dict[str, Any],
             ours = "payauth decision batch" if name.endswith("batch") else PAYAUTH_DECISION
             ratios[f"payauth_decision_vs_{slug(name)}"] = \
                 combined[name]["median_ns"] / combined[ours]["median_ns"]
+
+    for name in (PAYAUTH_DECISION, PAYAUTH_MODEL.format("lightgbm")):
+        r = ratio(timings, name + NODE_WALK, name)
+        if r is not None:
+            ratios[f"{slug(name)}_ranked_vs_node_walk"] = r
 
     # targets (issue 6): all from the single-decision group, measured side by side
     targets = []
