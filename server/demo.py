@@ -95,7 +95,7 @@ def train_demo_model() -> bytes:
             * (amount > 50_000) + 0.2 * (amount > available))
     fraud = rng.random(n) < risk
     data = np.column_stack([amount, channel, three_ds, available])
-    booster = lgb.train({"objective": "binary", "num_leaves": 15, "verbose": -1},
+    booster = lgb.train({"objective": "binary", "num_leaves": 15, "max_depth": 6, "verbose": -1},
                         lgb.Dataset(data, fraud.astype(int), feature_name=MODEL_FEATURES),
                         num_boost_round=40)
     return booster.model_to_string().encode()
