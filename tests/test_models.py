@@ -415,6 +415,46 @@ def test_the_ranked_walk_with_a_thousand_thresholds_on_one_feature() -> None:
         np.testing.assert_array_equal(ensemble.margins(rows), want)
 
 
+def _stumps(feature: np.ndarray, threshold: np.ndarray, p: int) -> TreeModel:
+    """A LightGBM-like model of one stump per threshold (leaves -1 and 1, NaN left)."""
+    n = len(feature)
+    split = np.full(3 * n, -1, np.int32)
+    split[0::3] = feature
+    cuts = np.zeros(3 * n)
+    cuts[0::3] = threshold
+    left = np.full(3 * n, -1, np.int32)
+    left[0::3] = 1
+    right = np.full(3 * n, -1, np.int32)
+    right[0::3] = 2
+    leaves = np.zeros(3 * n)
+    leaves[1::3], leaves[2::3] = -1.0, 1.0
+    return TreeModel(
+        source="lightgbm", objective="binary", feature_names=tuple(_names(p)),
+        tree_offsets=np.arange(0, 3 * n + 1, 3, dtype=np.int64), split_feature=split,
+        threshold=cuts, left_child=left, right_child=right,
+        default_left=np.ones(3 * n, bool), missing_type=np.full(3 * n, 2, np.uint8),
+        categorical=np.zeros(3 * n, bool), leaf_value=leaves,
+        cat_offsets=np.zeros(1, np.int64), cat_bits=np.zeros(0, np.uint32), float32=False,
+        base_margin=0.0, divisor=1.0, link="sigmoid", sigmoid_scale=1.0)
+
+
+def test_rank_tables_past_the_budget_keep_the_node_walk() -> None:
+    # 30 features read: tables of 4,096 fit (32 x 4,096 = 131,072 entries), 4,096 cuts on
+    # one feature need 8,192 and do not.
+    rng = np.random.default_rng(5)
+    for n_cuts, ranked in ((4095, True), (4096, False)):
+        feature = np.concatenate([np.zeros(n_cuts, np.int32), np.arange(1, 30, dtype=np.int32)])
+        threshold = np.concatenate([np.arange(n_cuts) * 0.5, rng.normal(size=29)])
+        model = _stumps(feature, threshold, 30)
+        ensemble = model.bind()
+        assert ensemble.walks_ranked is ranked
+        rows = rng.choice(np.concatenate([threshold, threshold + 0.25, [np.nan, -1.0]]),
+                          size=(500, 30))
+        want = sum(np.where(np.isnan(rows[:, f]) | (rows[:, f] <= t), -1.0, 1.0)
+                   for f, t in zip(feature, threshold, strict=True))
+        np.testing.assert_array_equal(ensemble.margins(rows), want)
+
+
 def _max_depth(model: TreeModel) -> int:
     deepest = 0
     for t in range(model.n_trees):
