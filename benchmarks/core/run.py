@@ -202,7 +202,9 @@ class Bench:
         if diff > 1e-12 or diff_x > 1e-6:
             raise SystemExit(f"payauth's models disagree with the libraries: {diff}, {diff_x}")
         # The node walk, timed beside the ranked walk, must give the same answers.
-        assert self.ensemble.walks_ranked and not self.node_walk.walks_ranked
+        if not self.ensemble.walks_ranked or self.node_walk.walks_ranked:
+            raise SystemExit("the benchmark model must take the ranked walk, its twin the "
+                             "node walk")
         node_diff = float(np.abs(self.node_walk.probabilities(self.batch_matrix) - ours).max())
         same = sum(self.decide_node_walk(r) == self.decider.decide(r) for r in self.records)
         self.checks[PAYAUTH_MODEL.format("lightgbm") + NODE_WALK] = {
