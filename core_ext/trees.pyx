@@ -176,10 +176,9 @@ cdef inline void _fill_ranks(TreeEnsemble self, const double *x,
     Every feature's cuts are padded with +inf to one power of two, so the searches all
     take the same steps, RANK_GROUP features side by side: their steps do not wait on
     each other, and each is one comparison and a conditional move. Padding features (up
-    to a multiple of RANK_GROUP) read x[gather[0]] against cuts of +inf only.
+    to a multiple of RANK_GROUP) read the first feature again, against cuts of +inf only.
     """
     cdef Py_ssize_t g, h, n = self._rank_features, width = 2 * self._rank_half
-    cdef Py_ssize_t k = self._n_gather
     cdef const double *cuts
     cdef const int32_t *gather = self._gather
     cdef Py_ssize_t p0, p1, p2, p3, p4, p5, p6, p7
@@ -187,14 +186,14 @@ cdef inline void _fill_ranks(TreeEnsemble self, const double *x,
     g = 0
     while g < n:
         cuts = self._rank_cuts + g * width
-        v0 = x[gather[g if g < k else 0]]
-        v1 = x[gather[g + 1 if g + 1 < k else 0]]
-        v2 = x[gather[g + 2 if g + 2 < k else 0]]
-        v3 = x[gather[g + 3 if g + 3 < k else 0]]
-        v4 = x[gather[g + 4 if g + 4 < k else 0]]
-        v5 = x[gather[g + 5 if g + 5 < k else 0]]
-        v6 = x[gather[g + 6 if g + 6 < k else 0]]
-        v7 = x[gather[g + 7 if g + 7 < k else 0]]
+        v0 = x[gather[g]]
+        v1 = x[gather[g + 1]]
+        v2 = x[gather[g + 2]]
+        v3 = x[gather[g + 3]]
+        v4 = x[gather[g + 4]]
+        v5 = x[gather[g + 5]]
+        v6 = x[gather[g + 6]]
+        v7 = x[gather[g + 7]]
         p0 = 0
         p1 = width
         p2 = 2 * width
@@ -576,10 +575,15 @@ cdef class TreeEnsemble:
             n_gather = -1
         self._n_gather = n_gather
         self._n_special = n_special
-        self._gather = <int32_t *>_alloc(max(n_gather, 0) * sizeof(int32_t))
+        # Rounded up to RANK_GROUP entries, the padding repeating the first, so the ranked
+        # walk's searches read whole groups without a bound check.
+        k = (max(n_gather, 0) + RANK_GROUP - 1) // RANK_GROUP * RANK_GROUP
+        self._gather = <int32_t *>_alloc(k * sizeof(int32_t))
         for f, slot in slot_of.items():
             if n_gather >= 0:
                 self._gather[slot] = <int32_t>f
+        for i in range(max(n_gather, 0), k):
+            self._gather[i] = self._gather[0]
 
         # Node 0 is an empty tree (a leaf of value 0) that pads the last chunk.
         self._nodes = <TreeNode *>_alloc((1 + n_model_nodes) * sizeof(TreeNode))
