@@ -75,6 +75,16 @@ def member_from_reply(partition: int, program_id: str, member_id: str, raw: list
 
 
 @dataclass(frozen=True, slots=True)
+class MemberBooks:
+    """A member's stored points beside what its ledger adds up to."""
+
+    available: int
+    pending: int
+    ledger_available: int
+    ledger_pending: int
+
+
+@dataclass(frozen=True, slots=True)
 class LoyaltyReply:
     """A loyalty Function's answer: 'new' or 'replay' with its JSON, or 'conflict' /
     'missing' (no such member)."""
@@ -246,20 +256,25 @@ class LoyaltyStore:
         return [(rid.decode(), {k.decode(): v.decode() for k, v in fields.items()})
                 for rid, fields in rows]
 
-    async def members(self) -> AsyncIterator[MemberRecord]:
-        """Every enrolled member (a scan of the member keys, for reconciliation)."""
+    async def member_keys(self) -> AsyncIterator[tuple[int, str, str]]:
+        """Every enrolled member as (partition, program, member): a scan of the member
+        keys, for reconciliation."""
         async for key in self.client.scan_iter(match="lmem:*", count=1000):
             _, tag, program_id, member_id = key.decode().split(":", 3)
-            partition = int(tag[2:-1])
-            raw = await self.client.hmget(key, *_MEMBER_FIELDS)
-            if raw[0] is not None:
-                yield _member(partition, program_id, member_id, [*raw, 0, 0])
+            yield int(tag[2:-1]), program_id, member_id
 
-    async def ledger_all(self, m: MemberRecord) -> list[dict[str, str]]:
-        """Every ledger record of a member, oldest first (for reconciliation)."""
-        rows = await self.client.xrange(
-            keys.member_ledger(m.partition, m.program_id, m.member_id), "-", "+")
-        return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rows]
+    async def member_books(self, partition: int, program_id: str, member_id: str
+                           ) -> MemberBooks | None:
+        """A member's stored points beside the sums of its ledger, as `Store.account_books`
+        reads an account's; None when it is not enrolled."""
+        ledger = keys.member_ledger(partition, program_id, member_id)
+        reply = await self._store.fcall(
+            "payauth_loyalty_books", [keys.member(partition, program_id, member_id), ledger], [])
+        if not reply:
+            return None
+        available, pending, last_id = reply
+        sums, _ = await self._store.sum_stream(ledger, last_id, (b"avail", b"pend"))
+        return MemberBooks(int(available), int(pending), sums[b"avail"], sums[b"pend"])
 
     # -- expiry ------------------------------------------------------------------------------
 

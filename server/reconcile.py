@@ -49,13 +49,16 @@ async def reconcile(store: Store) -> tuple[int, list[Discrepancy]]:
         if books.held < 0:
             found.append(Discrepancy(account_id, "held (negative)", books.held, 0))
     members = 0
-    async for member in LoyaltyStore(store).members():
+    loyalty = LoyaltyStore(store)
+    async for partition, program_id, member_id in loyalty.member_keys():
+        books = await loyalty.member_books(partition, program_id, member_id)
+        if books is None:  # removed while we looked
+            continue
         members += 1
-        records = await LoyaltyStore(store).ledger_all(member)
-        name = f"{member.program_id}/{member.member_id}"
-        for what, stored, field in (("available points", member.available, "avail"),
-                                    ("pending points", member.pending, "pend")):
-            expected = sum(int(r[field]) for r in records)
+        name = f"{program_id}/{member_id}"
+        for what, stored, expected in (
+                ("available points", books.available, books.ledger_available),
+                ("pending points", books.pending, books.ledger_pending)):
             if stored != expected:
                 found.append(Discrepancy(name, what, stored, expected, "loyalty member"))
     return len(account_ids) + members, found

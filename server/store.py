@@ -681,28 +681,43 @@ class Store:
         return ids
 
     async def account_books(self, account_id: str) -> AccountBooks | None:
-        """An account's stored amounts beside the sums of its ledger and of its holds."""
+        """An account's stored amounts beside the sums of its ledger and of its holds.
+
+        The account, its holds and its latest ledger id are read in one atomic Function
+        call (reads in separate commands would race with the sweeper and with traffic, and
+        report a difference that is not there); the append-only ledger is then summed up to
+        that id in pages, so a long ledger never holds Redis."""
         p = keys.partition_of(account_id)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(keys.account(p, account_id), ("balance", "held"))
-        pipe.xrange(keys.ledger(p, account_id))
-        pipe.zrange(keys.account_holds(p, account_id), 0, -1)
-        (balance, held), entries, hold_ids = await pipe.execute()
-        if balance is None:
+        reply = await self._fcall(
+            "payauth_account_books",
+            [keys.account(p, account_id), keys.ledger(p, account_id),
+             keys.account_holds(p, account_id)],
+            [keys.tag(p)])
+        if not reply:
             return None
-        pipe = self.client.pipeline(transaction=False)
-        for auth_id in hold_ids:
-            pipe.hget(keys.hold(p, auth_id.decode()), "held")
-        hold_amounts = await pipe.execute() if hold_ids else []
-        return AccountBooks(
-            account_id=account_id,
-            balance=int(balance),
-            held=int(held),
-            ledger_balance=sum(int(fields[b"balance"]) for _, fields in entries),
-            ledger_held=sum(int(fields[b"held"]) for _, fields in entries),
-            holds_held=sum(int(a or 0) for a in hold_amounts),
-            entries=len(entries),
-        )
+        balance, held, holds_held, last_id = reply
+        sums, entries = await self.sum_stream(keys.ledger(p, account_id), last_id,
+                                              (b"balance", b"held"))
+        return AccountBooks(account_id=account_id, balance=int(balance), held=int(held),
+                            ledger_balance=sums[b"balance"], ledger_held=sums[b"held"],
+                            holds_held=int(holds_held), entries=entries)
+
+    async def sum_stream(self, key: str, last_id: bytes, fields: tuple[bytes, ...],
+                         page: int = 200) -> tuple[dict[bytes, int], int]:
+        """The sums of integer `fields` over a stream's entries up to `last_id`, and their
+        count, read in pages of `page` entries (a page of 200 ledger entries keeps Redis
+        about 0.2 ms, what one authorization commit does)."""
+        sums = dict.fromkeys(fields, 0)
+        entries, start = 0, b"-"
+        while True:
+            rows = await self.client.xrange(key, start, last_id, count=page)
+            for _, row in rows:
+                for field in fields:
+                    sums[field] += int(row[field])
+            entries += len(rows)
+            if len(rows) < page:
+                return sums, entries
+            start = b"(" + rows[-1][0]
 
     async def settlement_rows(self, day: str) -> list[dict[str, str]]:
         """The captures and refunds of one UTC day (YYYYMMDD), from every partition."""

@@ -390,6 +390,36 @@ def test_two_servers_sweeping_release_each_hold_once(lifecycle_redis, payauth, i
     assert set(expiry_events.values()) == {1} and len(expiry_events) == 50
 
 
+def test_reconcile_while_the_sweeper_releases_holds(payauth, lifecycle_redis, issuer, acquirer,
+                                                    clock) -> None:
+    """Reconciliation reads each account's books at one instant: holds the sweeper releases
+    while it runs are never reported as a difference."""
+    from payauth.server.reconcile import reconcile
+    from payauth.server.store import Store
+
+    account = open_account(issuer, 10**9)
+    card = issue_card(issuer, account)
+    for _ in range(150):
+        approve(acquirer, clock, card, 100)
+    clock.advance(7 * DAY + 1)
+
+    async def reconcile_until_released() -> tuple[int, list]:
+        store = Store.connect(lifecycle_redis.url, cluster=False, timeout_s=10)
+        runs, found = 0, []
+        try:
+            while True:
+                books = await store.account_books(account)
+                found += (await reconcile(store))[1]
+                runs += 1
+                if books.held == 0:
+                    return runs, found
+        finally:
+            await store.close()
+
+    runs, found = asyncio.run(asyncio.wait_for(reconcile_until_released(), 30))
+    assert found == [] and runs > 1
+
+
 def test_lifecycle_events_carry_the_authorization(issuer, acquirer, clock, rclient) -> None:
     account, _, auth = setup_hold(issuer, acquirer, clock)
     acquirer.capture(request_id=unique("cap"), authorization_id=auth, amount_minor=2_000,

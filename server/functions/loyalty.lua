@@ -616,8 +616,7 @@ local function loyalty_read(keys, args)
     reply[#reply + 1] = '0-0'
   else
     reply[#reply + 1] = redis.call('HGETALL', k_chal(tag, p, m))
-    local last = redis.call('XREVRANGE', k_lledger(tag, p, m), '+', '-', 'COUNT', 1)
-    reply[#reply + 1] = #last > 0 and last[1][1] or '0-0'
+    reply[#reply + 1] = last_entry_id(k_lledger(tag, p, m))
   end
   if args[5] and args[5] ~= '' then
     -- Only the sum over the qualification window that ends on day args[5]: a member
@@ -630,6 +629,22 @@ local function loyalty_read(keys, args)
     end
   end
   return reply
+end
+
+--[[
+loyalty_books: a member's stored available and pending points and the id of its
+latest ledger entry, read in one atomic call, for `payauth reconcile` (see
+account_books: the balance is exactly the sum of the entries up to that id).
+KEYS: 1 member, 2 its ledger
+Returns {} when the member is not enrolled, else {available, pending, latest
+ledger entry id}.
+--]]
+local function loyalty_books(keys, args)
+  local stored = redis.call('HMGET', keys[1], 'available', 'pending')
+  if not stored[1] then
+    return {}
+  end
+  return {stored[1], stored[2], last_entry_id(keys[2])}
 end
 
 -- The stored answer of a loyalty call, or nil; {'conflict'} for another body.
@@ -845,3 +860,5 @@ redis.register_function('payauth_loyalty_redeem', loyalty_redeem)
 redis.register_function('payauth_loyalty_adjust', loyalty_adjust)
 redis.register_function('payauth_loyalty_expire', loyalty_expire)
 redis.register_function('payauth_loyalty_index', loyalty_index)
+redis.register_function{function_name = 'payauth_loyalty_books', callback = loyalty_books,
+                        flags = {'no-writes'}}

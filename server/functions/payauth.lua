@@ -721,6 +721,39 @@ local function upsert_account(keys, args)
   return {verb, acct[1], acct[2], acct[3], acct[4], acct[5], acct[6], acct[7]}
 end
 
+-- The id of a stream's latest entry, '0-0' when it has none.
+local function last_entry_id(key)
+  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  return #last > 0 and last[1][1] or '0-0'
+end
+
+--[[
+account_books: an account's stored balance and held amount, what its active holds
+still hold, and the id of its latest ledger entry, read in one atomic call.
+`payauth reconcile` compares them while traffic and the expiry sweeper keep moving
+money: read in separate commands, a hold released between two reads would look like
+a difference in the books. The ledger is append-only and every movement appends its
+entry in the same call as the change, so the account as read here is exactly the sum
+of the entries up to that id, which the caller then reads at leisure, in pages,
+without holding Redis. Read-only; O(active holds).
+
+KEYS: 1 account, 2 its ledger, 3 its active holds
+ARGV: 1 partition tag
+Returns {} when the account does not exist, else {balance, held, holds held,
+latest ledger entry id}.
+--]]
+local function account_books(keys, args)
+  local acct = redis.call('HMGET', keys[1], 'balance', 'held')
+  if not acct[1] then
+    return {}
+  end
+  local holds_held = 0
+  for _, auth_id in ipairs(redis.call('ZRANGE', keys[3], 0, -1)) do
+    holds_held = holds_held + tonumber(redis.call('HGET', k_hold(args[1], auth_id), 'held') or '0')
+  end
+  return {acct[1], acct[2], fmt(holds_held), last_entry_id(keys[2])}
+end
+
 --[[
 config_put: make a policy or scoring model the active one, if its version is
 newer, and tell every worker (PUBLISH) so each swaps it in.
@@ -756,3 +789,5 @@ redis.register_function('payauth_refund', refund)
 redis.register_function('payauth_extend', extend)
 redis.register_function('payauth_expire', expire)
 redis.register_function('payauth_upsert_account', upsert_account)
+redis.register_function{function_name = 'payauth_account_books', callback = account_books,
+                        flags = {'no-writes'}}
