@@ -51,6 +51,14 @@ def summary(doc: dict[str, Any]) -> str:
         f"ratio authorize/empty: {doc['ratio_authorize_to_empty']}   "
         f"ratio stream/authorize: {doc['ratio_stream_to_authorize']}",
     ]
+    rounds = doc.get("ratio_rounds", {})
+    if any(len(v) > 1 for v in rounds.values()):
+        lines[0] += " (medians of " + "; ".join(
+            f"{m} {'/'.join(f'{x:.0f}' for x in v)}"
+            for m, v in doc["saturation_rounds_rps"].items()) + ")"
+        lines[1] += "   (medians of the rounds' ratios: " + "; ".join(
+            f"{name.replace('_to_', '/')} {', '.join(f'{x:.3f}' for x in v)}"
+            for name, v in rounds.items() if v) + ")"
     cpu = doc.get("cpu_us_per_request_at_saturation", {})
     if cpu:
         lines.append("server CPU per request at saturation (us): " + ", ".join(
