@@ -8,6 +8,12 @@ serialized. `Authorize` returns a fixed AuthorizeResponse carrying the request's
 `AuthorizeStream` answers every message with the same. So `authorize / empty` throughput is the
 share of the stack's capacity that payauth's own work leaves.
 
+With `--redis-url` and `--round-trips N`, each `Authorize` first waits for N round trips of a
+PING to that Redis, one after the other, through payauth's own shared pipeline (one
+`PipelineBatcher` on one pipelined connection per worker, as a payauth worker has): the
+benchmark's `empty_redis` mode, what the stack costs a handler that waits for Redis as often as
+an Authorize does, before any of payauth's work.
+
 Run as `python -m benchmarks.e2e.empty_server --port P --workers N` from the repository root;
 it prints one "empty handler serving on ..." line once every worker serves, and stops its
 workers on SIGTERM or SIGINT.
@@ -25,10 +31,12 @@ from collections.abc import AsyncIterator
 from multiprocessing.connection import wait
 
 import grpc
+import redis.asyncio as aioredis
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from payauth.server.app import SERVER_OPTIONS
+from payauth.server.batching import PipelineBatcher
 from payauth.v1 import authorizer_pb2, authorizer_pb2_grpc, common_pb2
 
 # What every answer says: an approval as payauth would send it, minus the decision's work.
@@ -42,6 +50,7 @@ FIXED = authorizer_pb2.AuthorizeResponse(
 )
 FIXED.decided_at.FromMilliseconds(0)
 
+PING = (("PING",),)
 SERVICE_NAME = authorizer_pb2.DESCRIPTOR.services_by_name["Authorizer"].full_name
 
 
@@ -54,11 +63,18 @@ def fixed_answer(request: authorizer_pb2.AuthorizeRequest) -> authorizer_pb2.Aut
 
 
 class EmptyAuthorizer(authorizer_pb2_grpc.AuthorizerServicer):
-    """Authorize and AuthorizeStream answered at once; the other RPCs stay UNIMPLEMENTED."""
+    """Authorize and AuthorizeStream answered at once (Authorize after `round_trips` PINGs
+    through `batcher`); the other RPCs stay UNIMPLEMENTED."""
+
+    def __init__(self, batcher: PipelineBatcher | None = None, round_trips: int = 0) -> None:
+        self._batcher = batcher
+        self._round_trips = round_trips if batcher is not None else 0
 
     async def Authorize(  # noqa: N802 - gRPC method name
         self, request: authorizer_pb2.AuthorizeRequest, context: grpc.aio.ServicerContext
     ) -> authorizer_pb2.AuthorizeResponse:
+        for _ in range(self._round_trips):
+            await self._batcher.run(PING)  # type: ignore[union-attr]
         return fixed_answer(request)
 
     async def AuthorizeStream(  # noqa: N802
@@ -69,10 +85,17 @@ class EmptyAuthorizer(authorizer_pb2_grpc.AuthorizerServicer):
             await context.write(fixed_answer(request))
 
 
-async def serve_worker(host: str, port: int, on_ready: multiprocessing.Queue) -> None:
+async def serve_worker(host: str, port: int, on_ready: multiprocessing.Queue,
+                       redis_url: str | None = None, round_trips: int = 0) -> None:
     """One worker: serve until SIGTERM/SIGINT or until the parent process is gone."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    authorizer_pb2_grpc.add_AuthorizerServicer_to_server(EmptyAuthorizer(), server)
+    batcher = None
+    if redis_url and round_trips:
+        # As payauth's Store connects: the batcher takes its settings from this client.
+        batcher = PipelineBatcher(aioredis.from_url(redis_url, socket_timeout=0.5,
+                                                    socket_connect_timeout=0.5))
+    authorizer_pb2_grpc.add_AuthorizerServicer_to_server(
+        EmptyAuthorizer(batcher, round_trips), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.add_insecure_port(f"{host}:{port}")
@@ -91,10 +114,13 @@ async def serve_worker(host: str, port: int, on_ready: multiprocessing.Queue) ->
         except TimeoutError:
             pass
     await server.stop(1.0)
+    if batcher is not None:
+        await batcher.close()
 
 
-def _worker_entry(host: str, port: int, on_ready: multiprocessing.Queue) -> None:
-    uvloop.run(serve_worker(host, port, on_ready))
+def _worker_entry(host: str, port: int, on_ready: multiprocessing.Queue,
+                  redis_url: str | None, round_trips: int) -> None:
+    uvloop.run(serve_worker(host, port, on_ready, redis_url, round_trips))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--redis-url", default=None,
+                        help="the Redis each Authorize sends its PINGs to")
+    parser.add_argument("--round-trips", type=int, default=0,
+                        help="PING round trips per Authorize, one after the other (default 0)")
     args = parser.parse_args(argv)
 
     stop = False
@@ -115,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
-    workers = [ctx.Process(target=_worker_entry, args=(args.host, args.port, ready),
+    workers = [ctx.Process(target=_worker_entry, args=(args.host, args.port, ready,
+                                                       args.redis_url, args.round_trips),
                            name=f"empty-worker-{i}") for i in range(args.workers)]
     for process in workers:
         process.start()

@@ -28,10 +28,10 @@ def header() -> str:
 def row(phase: Any) -> str:
     """One phase as a table row (`phase` is run.Phase)."""
     cpu = phase.cpu_us_per_request
-    server_cpu = cpu.get("empty", 0.0) if phase.mode.startswith("empty") else cpu.get(
-        "payauth", 0.0)
-    cpu_text = f"{server_cpu:.0f}" + (f"+{cpu.get('redis', 0.0):.0f}"
-                                      if not phase.mode.startswith("empty") else "")
+    server = {"empty_redis": "empty_redis"}.get(
+        phase.mode, "empty" if phase.mode.startswith("empty") else "payauth")
+    cpu_text = f"{cpu.get(server, 0.0):.0f}" + (f"+{cpu.get('redis', 0.0):.0f}"
+                                                if server != "empty" else "")
     offered = "closed" if phase.offered_rps is None else f"{phase.offered_rps:.0f}"
     return _line((
         phase.mode, phase.level, offered, f"{phase.achieved_rps:.0f}", f"{phase.p50:.2f}",
@@ -49,7 +49,9 @@ def summary(doc: dict[str, Any]) -> str:
     lines = [
         "saturation (closed loop): " + ", ".join(f"{m} {v:.0f}/s" for m, v in sat.items()),
         f"ratio authorize/empty: {doc['ratio_authorize_to_empty']}   "
-        f"ratio stream/authorize: {doc['ratio_stream_to_authorize']}",
+        f"ratio stream/authorize: {doc['ratio_stream_to_authorize']}" + "".join(
+            f"   ratio {name[6:].replace('_to_', '/')}: {doc[name]}" for name in
+            ("ratio_empty_redis_to_empty", "ratio_authorize_to_empty_redis") if name in doc),
     ]
     rounds = doc.get("ratio_rounds", {})
     if any(len(v) > 1 for v in rounds.values()):
@@ -93,7 +95,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 6), dpi=110)
     styles = {"p50": ("-", "o"), "p99": ("--", "s"), "p999": (":", "^")}
     colours = {"empty": "tab:gray", "authorize": "tab:blue", "stream": "tab:orange",
-               "empty_stream": "tab:green"}
+               "empty_stream": "tab:green", "empty_redis": "tab:purple"}
     for mode, levels in doc["latency_ms"].items():
         points = sorted(levels.values(), key=lambda e: e["offered_rps"])
         xs = [p["offered_rps"] for p in points]

@@ -67,8 +67,11 @@ MODES: dict[str, tuple[str, bool]] = {
     "authorize": ("payauth", False),
     "stream": ("payauth", True),
     "empty_stream": ("empty", True),
+    "empty_redis": ("empty_redis", False),
 }
-DEFAULT_MODES = ("empty", "authorize", "stream")
+# What the empty_redis handler waits for per call: the round trips of an Authorize (brief §4).
+EMPTY_REDIS_ROUND_TRIPS = 2
+DEFAULT_MODES = ("empty", "empty_redis", "authorize", "stream")
 DEFAULT_LEVELS = (25, 50, 75, 90, 100)
 
 
@@ -147,7 +150,7 @@ class Harness:
         self.folder = Path(tempfile.mkdtemp(prefix="payauth-e2e-"))
         self.payauth: ServerProcess | None = None
         self.metrics_port = 0
-        self.empty: ServerProcess | None = None
+        self.empties: dict[str, ServerProcess] = {}  # "empty" and "empty_redis", when run
         self.redis: redis.Redis | None = None
         self.conns: list[Connection] = []
         self.clients: list[multiprocessing.process.BaseProcess] = []
@@ -170,17 +173,21 @@ class Harness:
             self.folder, a.workers, a.redis_url, a.pan_key_file, a.serve_arg)
         self.payauth.spawn()
         if "empty" in needed:
-            self.empty = empty_server(self.folder, a.workers)
-            self.empty.spawn()
+            self.empties["empty"] = empty_server(self.folder, a.workers)
+            self.empties["empty"].spawn()
         self.payauth.wait_serving()
-        if self.empty:
-            self.empty.wait_serving()
         url = a.redis_url or f"unix://{self.folder / 'payauth' / 'redis' / 'redis.sock'}"
+        if "empty_redis" in needed:  # payauth's Redis, once it runs
+            self.empties["empty_redis"] = empty_server(self.folder, a.workers, url,
+                                                       EMPTY_REDIS_ROUND_TRIPS)
+            self.empties["empty_redis"].spawn()
+        for server in self.empties.values():
+            server.wait_serving()
         self.redis = redis.Redis.from_url(url, socket_timeout=10)
         tree = self.payauth.tree()
         self.cpu_groups["payauth"] = [p for p, name in tree.items() if name != "redis-server"]
-        if self.empty:
-            self.cpu_groups["empty"] = list(self.empty.tree())
+        for name, server in self.empties.items():
+            self.cpu_groups[name] = list(server.tree())
 
     def load_data(self) -> None:
         """Generate and load the data set through the issuer API."""
@@ -192,8 +199,7 @@ class Harness:
         """Spawn the client processes and wait until each is connected."""
         a = self.args
         targets = {"payauth": self.payauth.target}
-        if self.empty:
-            targets["empty"] = self.empty.target
+        targets.update({name: server.target for name, server in self.empties.items()})
         ctx = multiprocessing.get_context("spawn")
         for index in range(a.clients):
             parent, child = ctx.Pipe()
@@ -210,8 +216,7 @@ class Harness:
                 raise RuntimeError("a client process did not connect")
 
     def _servers(self) -> dict[str, ServerProcess]:
-        return {name: server for name, server in (("payauth", self.payauth),
-                                                  ("empty", self.empty)) if server}
+        return {**({"payauth": self.payauth} if self.payauth else {}), **self.empties}
 
     def spread(self, name: str) -> dict[int, set[int]]:
         """Worker pid -> client ports of the connections it serves, for one server."""
@@ -276,7 +281,7 @@ class Harness:
                 process.kill()
         if self.redis is not None:
             self.redis.close()
-        for server in (self.empty, self.payauth):
+        for server in (*self.empties.values(), self.payauth):
             if server is not None:
                 server.stop()
         if self.args.keep_temp:
@@ -453,6 +458,10 @@ class Harness:
             "authorize_to_empty": self._round_ratios("authorize", "empty"),
             "stream_to_authorize": self._round_ratios("stream", "authorize"),
         }
+        if "empty_redis" in self.saturation_rounds:
+            ratio_rounds["empty_redis_to_empty"] = self._round_ratios("empty_redis", "empty")
+            ratio_rounds["authorize_to_empty_redis"] = self._round_ratios("authorize",
+                                                                          "empty_redis")
         ratios = {name: round(statistics.median(values), 3) if values else None
                   for name, values in ratio_rounds.items()}
         sat = {m: round(v, 1) for m, v in self.saturation.items()}
@@ -462,11 +471,13 @@ class Harness:
         cpu: dict[str, dict[str, float]] = {}
         for mode, detail in saturation_detail.items():
             c = detail["cpu_us_per_request"]
-            server = c.get("empty", 0.0) if MODES[mode][0] == "empty" else round(
-                c.get("payauth", 0.0) + c.get("redis", 0.0), 1)
-            cpu[mode] = {"server": server, "clients": c.get("clients", 0.0)}
-            if MODES[mode][0] == "payauth":
-                cpu[mode].update(workers=c.get("payauth", 0.0), redis=c.get("redis", 0.0))
+            name = MODES[mode][0]
+            if name == "empty":
+                cpu[mode] = {"server": c.get("empty", 0.0)}
+            else:  # its workers and the Redis it waits for (payauth's)
+                cpu[mode] = {"server": round(c.get(name, 0.0) + c.get("redis", 0.0), 1),
+                             "workers": c.get(name, 0.0), "redis": c.get("redis", 0.0)}
+            cpu[mode]["clients"] = c.get("clients", 0.0)
         doc: dict[str, Any] = {
             "saturation_rps": sat,
             "ratio_authorize_to_empty": ratios["authorize_to_empty"],
@@ -474,6 +485,8 @@ class Harness:
             "saturation_rounds_rps": {m: [round(p.achieved_rps, 1) for p in rounds]
                                       for m, rounds in self.saturation_rounds.items()},
             "ratio_rounds": ratio_rounds,
+            **{f"ratio_{name}": ratios[name] for name in ratio_rounds
+               if name.startswith("empty_redis") or name.endswith("empty_redis")},
             "latency_ms": latency,
             "redis": self.redis_figures(),
             "cpu_us_per_request_at_saturation": cpu,

@@ -112,13 +112,19 @@ def payauth_server(folder: Path, workers: int, redis_url: str | None,
                          port), metrics_port
 
 
-def empty_server(folder: Path, workers: int) -> ServerProcess:
-    """The empty handler (benchmarks.e2e.empty_server) on a free port."""
+def empty_server(folder: Path, workers: int, redis_url: str | None = None,
+                 round_trips: int = 0) -> ServerProcess:
+    """The empty handler (benchmarks.e2e.empty_server) on a free port; with `round_trips`,
+    each Authorize first waits for that many PINGs to `redis_url`."""
     port = free_port()
     args = [sys.executable, "-m", "benchmarks.e2e.empty_server", "--port", str(port),
             "--workers", str(workers)]
-    return ServerProcess("empty handler", args, folder / "empty.log", "empty handler serving on",
-                         port)
+    name = "empty"
+    if round_trips:
+        args += ["--redis-url", str(redis_url), "--round-trips", str(round_trips)]
+        name = "empty_redis"
+    return ServerProcess("empty handler", args, folder / f"{name}.log",
+                         "empty handler serving on", port)
 
 
 # -- process CPU --------------------------------------------------------------------------
