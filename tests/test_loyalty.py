@@ -645,6 +645,30 @@ def test_points_pay_part_of_a_purchase_atomically(issuer, acquirer, loyalty, pro
     assert_reconciled(loyalty_redis)
 
 
+def test_reconcile_finds_a_member_whose_points_do_not_balance(loyalty, prog, loyalty_redis,
+                                                               rclient) -> None:
+    m = member(loyalty, prog)
+    earn(loyalty, prog, m, 12_345)
+    partition = int(rclient.get(keys.member_index(prog, m)))
+    key = keys.member(partition, prog, m)
+    rclient.hincrby(key, "pending", 7)
+    try:
+        async def check() -> list:
+            store = Store.connect(loyalty_redis.url, cluster=False, timeout_s=10)
+            try:
+                return (await reconcile(store))[1]
+            finally:
+                await store.close()
+
+        found = asyncio.run(check())
+        stored = balance(loyalty, prog, m).pending_points
+        assert [(d.account_id, d.what, d.stored, d.expected, d.subject) for d in found] == [
+            (f"{prog}/{m}", "pending points", stored, stored - 7, "loyalty member")]
+    finally:
+        rclient.hincrby(key, "pending", -7)
+    assert_reconciled(loyalty_redis)
+
+
 def test_a_replayed_authorization_earns_once(issuer, acquirer, loyalty, prog) -> None:
     _, card, m = linked_member(issuer, loyalty, prog)
     request = purchase(card_token=card, amount_minor=1_500, mcc="5814")
