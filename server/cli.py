@@ -43,7 +43,7 @@ async def _reconcile(args: argparse.Namespace) -> int:
         await store.close()
     for discrepancy in found:
         print(discrepancy)
-    print(f"{checked} account(s) checked, {len(found)} discrepancy(ies)")
+    print(f"{checked} account(s) and loyalty member(s) checked, {len(found)} discrepancy(ies)")
     return 1 if found else 0
 
 

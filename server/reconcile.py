@@ -32,7 +32,8 @@ class Discrepancy:
 
 
 async def reconcile(store: Store) -> tuple[int, list[Discrepancy]]:
-    """Check every account; return how many were checked and what does not balance."""
+    """Check every account and loyalty member; return how many were checked and what does
+    not balance."""
     found: list[Discrepancy] = []
     account_ids = await store.account_ids()
     for account_id in account_ids:
