@@ -64,8 +64,13 @@ class EmbeddedRedis:
             "daemonize no",
             "",
         ]))
+        # A session of its own: a terminal's Ctrl-C (SIGINT to the foreground process
+        # group) reaches the server, which drains its calls and then stops Redis, instead of
+        # stopping Redis under the calls still draining; and the scheduler shares the CPU
+        # with it as with the separate service it is (with autogroup, each session is one
+        # group: inside the server's, Redis and the workers would split one share).
         self._process = subprocess.Popen(
-            [executable, str(config)], preexec_fn=die_with_parent,
+            [executable, str(config)], preexec_fn=die_with_parent, start_new_session=True,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout_s

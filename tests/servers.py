@@ -156,8 +156,10 @@ class PayauthProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def spawn(self) -> subprocess.Popen[bytes]:
-        """Start the process without waiting for it to serve."""
+    def spawn(self, process_group: bool = False) -> subprocess.Popen[bytes]:
+        """Start the process without waiting for it to serve; with `process_group`, as a
+        terminal starts a foreground job: in a process group of its own, which a Ctrl-C
+        signals whole."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [sys.executable, "-m", "payauth.server", "serve", "--port", str(self.port),
                 "--workers", str(self.workers), "--data-dir", str(self.data_dir),
@@ -169,16 +171,16 @@ class PayauthProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PAYAUTH_")}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env)
+                                            env=env, process_group=0 if process_group else None)
         return self.process
 
     def output(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
 
-    def start(self, timeout_s: float = 60) -> PayauthProcess:
+    def start(self, timeout_s: float = 60, process_group: bool = False) -> PayauthProcess:
         """Start the server and wait until it says it serves."""
         offset = len(self.output())
-        process = self.spawn()
+        process = self.spawn(process_group)
 
         def serving() -> bool:
             if process.poll() is not None:

@@ -136,6 +136,27 @@ def test_sigterm_drains_in_flight_calls_and_exits_0(tmp_path: Path) -> None:
         assert server.stop() == 0
 
 
+def test_ctrl_c_drains_the_server_before_its_redis_stops(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C signals the whole foreground process group. The embedded Redis
+    runs in a session of its own, so the SIGINT reaches the server, which drains and then
+    stops Redis with SIGTERM, never Redis directly under calls still draining."""
+    import os
+    import signal
+
+    server = PayauthProcess(tmp_path / "var", workers=2).start(process_group=True)
+    redis_dir = tmp_path / "var" / "redis"
+    redis_pid = int((redis_dir / "redis.pid").read_text())
+    assert os.getsid(redis_pid) == redis_pid  # a session of its own
+    assert os.getpgid(redis_pid) != server.process.pid
+    with IssuerClient(server.target) as issuer:
+        open_account(issuer, 1)
+    os.killpg(server.process.pid, signal.SIGINT)
+    assert server.process.wait(30) == 0, server.output()
+    redis_log = (redis_dir / "redis.log").read_text()
+    assert "Received SIGTERM scheduling shutdown" in redis_log
+    assert "SIGINT" not in redis_log
+
+
 def test_a_killed_server_leaves_no_orphans(tmp_path: Path) -> None:
     import os
     import signal
