@@ -28,7 +28,7 @@ def header() -> str:
 def row(phase: Any) -> str:
     """One phase as a table row (`phase` is run.Phase)."""
     cpu = phase.cpu_us_per_request
-    server = {"empty_redis": "empty_redis"}.get(
+    server = {"empty_redis": "empty_redis", "authorize_b": "payauth_b"}.get(
         phase.mode, "empty" if phase.mode.startswith("empty") else "payauth")
     cpu_text = f"{cpu.get(server, 0.0):.0f}" + (f"+{cpu.get('redis', 0.0):.0f}"
                                                 if server != "empty" else "")
@@ -95,7 +95,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 6), dpi=110)
     styles = {"p50": ("-", "o"), "p99": ("--", "s"), "p999": (":", "^")}
     colours = {"empty": "tab:gray", "authorize": "tab:blue", "stream": "tab:orange",
-               "empty_stream": "tab:green", "empty_redis": "tab:purple"}
+               "empty_stream": "tab:green", "empty_redis": "tab:purple",
+               "authorize_b": "tab:cyan"}
     for mode, levels in doc["latency_ms"].items():
         points = sorted(levels.values(), key=lambda e: e["offered_rps"])
         xs = [p["offered_rps"] for p in points]

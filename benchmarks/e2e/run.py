@@ -68,6 +68,7 @@ MODES: dict[str, tuple[str, bool]] = {
     "stream": ("payauth", True),
     "empty_stream": ("empty", True),
     "empty_redis": ("empty_redis", False),
+    "authorize_b": ("payauth_b", False),
 }
 # What the empty_redis handler waits for per call: the round trips of an Authorize (brief §4).
 EMPTY_REDIS_ROUND_TRIPS = 2
@@ -150,7 +151,8 @@ class Harness:
         self.folder = Path(tempfile.mkdtemp(prefix="payauth-e2e-"))
         self.payauth: ServerProcess | None = None
         self.metrics_port = 0
-        self.empties: dict[str, ServerProcess] = {}  # "empty" and "empty_redis", when run
+        # The other servers, when their modes run: "empty", "empty_redis", "payauth_b".
+        self.empties: dict[str, ServerProcess] = {}
         self.redis: redis.Redis | None = None
         self.conns: list[Connection] = []
         self.clients: list[multiprocessing.process.BaseProcess] = []
@@ -181,13 +183,19 @@ class Harness:
             self.empties["empty_redis"] = empty_server(self.folder, a.workers, url,
                                                        EMPTY_REDIS_ROUND_TRIPS)
             self.empties["empty_redis"].spawn()
+        if "payauth_b" in needed:  # a second payauth on the same Redis, data and PAN key
+            self.empties["payauth_b"], _ = payauth_server(
+                self.folder, a.workers, url, a.pan_key_file or self.folder / "payauth" / "pan.key",
+                [*a.serve_arg, *a.ab_serve_arg], name="payauth_b")
+            self.empties["payauth_b"].spawn()
         for server in self.empties.values():
             server.wait_serving()
         self.redis = redis.Redis.from_url(url, socket_timeout=10)
         tree = self.payauth.tree()
         self.cpu_groups["payauth"] = [p for p, name in tree.items() if name != "redis-server"]
         for name, server in self.empties.items():
-            self.cpu_groups[name] = list(server.tree())
+            self.cpu_groups[name] = [p for p, command in server.tree().items()
+                                     if command != "redis-server"]
 
     def load_data(self) -> None:
         """Generate and load the data set through the issuer API."""
@@ -458,6 +466,9 @@ class Harness:
             "authorize_to_empty": self._round_ratios("authorize", "empty"),
             "stream_to_authorize": self._round_ratios("stream", "authorize"),
         }
+        if "authorize_b" in self.saturation_rounds:
+            ratio_rounds["authorize_b_to_authorize"] = self._round_ratios("authorize_b",
+                                                                          "authorize")
         if "empty_redis" in self.saturation_rounds:
             ratio_rounds["empty_redis_to_empty"] = self._round_ratios("empty_redis", "empty")
             ratio_rounds["authorize_to_empty_redis"] = self._round_ratios("authorize",
@@ -486,7 +497,7 @@ class Harness:
                                       for m, rounds in self.saturation_rounds.items()},
             "ratio_rounds": ratio_rounds,
             **{f"ratio_{name}": ratios[name] for name in ratio_rounds
-               if name.startswith("empty_redis") or name.endswith("empty_redis")},
+               if "empty_redis" in name or "authorize_b" in name},
             "latency_ms": latency,
             "redis": self.redis_figures(),
             "cpu_us_per_request_at_saturation": cpu,
@@ -508,7 +519,8 @@ class Harness:
                 "unary_concurrency_per_client": a.concurrency,
                 "stream_window": a.stream_window, "drain_seconds": a.drain,
                 "redis": "external" if a.redis_url else "embedded (unix socket, AOF always)",
-                "serve_args": a.serve_arg, "quick": a.quick, "seed": a.seed,
+                "serve_args": a.serve_arg, "ab_serve_args": a.ab_serve_arg,
+                "quick": a.quick, "seed": a.seed,
                 "run_id": self.run_id, "load_seconds": round(self.load_s, 1),
                 "connections_per_worker": self.connection_split,
                 "elapsed_seconds": round(elapsed_s, 1),
@@ -721,6 +733,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="open-loop loads in percent of saturation (default %(default)s)")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds per open-loop level (default 8, quick 2)")
+    p.add_argument("--ab-serve-arg", action="append", default=[],
+                   help="mode authorize_b: a second payauth serve on the same Redis and data, "
+                        "with this extra argument (repeat for several), so a setting is "
+                        "compared with the default in one run")
     p.add_argument("--rounds", type=int, default=None,
                    help="saturation rounds, every mode once in each, in a rotating order; "
                         "figures are medians over the rounds (default 3, quick 1)")

@@ -97,18 +97,20 @@ class ServerProcess:
 
 
 def payauth_server(folder: Path, workers: int, redis_url: str | None,
-                   pan_key_file: Path | None, extra: list[str]) -> tuple[ServerProcess, int]:
-    """`payauth serve` on a free port with a free metrics port; returns it and that port."""
+                   pan_key_file: Path | None, extra: list[str], name: str = "payauth"
+                   ) -> tuple[ServerProcess, int]:
+    """`payauth serve` on a free port with a free metrics port, its data under
+    `folder/name`; returns it and that port."""
     port, metrics_port = free_port(), free_port()
     args = [sys.executable, "-m", "payauth.server", "serve", "--port", str(port),
-            "--workers", str(workers), "--data-dir", str(folder / "payauth"),
+            "--workers", str(workers), "--data-dir", str(folder / name),
             "--metrics-port", str(metrics_port), "--log-level", "WARNING"]
     if redis_url:
         args += ["--redis-url", redis_url]
     if pan_key_file:
         args += ["--pan-key-file", str(pan_key_file)]
     args += extra
-    return ServerProcess("payauth serve", args, folder / "payauth.log", "payauth serving on",
+    return ServerProcess("payauth serve", args, folder / f"{name}.log", "payauth serving on",
                          port), metrics_port
 
 
