@@ -51,7 +51,8 @@ def summary(doc: dict[str, Any]) -> str:
         f"ratio authorize/empty: {doc['ratio_authorize_to_empty']}   "
         f"ratio stream/authorize: {doc['ratio_stream_to_authorize']}" + "".join(
             f"   ratio {name[6:].replace('_to_', '/')}: {doc[name]}" for name in
-            ("ratio_empty_redis_to_empty", "ratio_authorize_to_empty_redis") if name in doc),
+            ("ratio_empty_redis_to_empty", "ratio_authorize_to_empty_redis",
+             "ratio_authorize_b_to_authorize") if name in doc),
     ]
     rounds = doc.get("ratio_rounds", {})
     if any(len(v) > 1 for v in rounds.values()):

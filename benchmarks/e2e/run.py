@@ -6,7 +6,8 @@ through the issuer API, starts the client processes, then
 
 1. measures each mode's saturation throughput (closed loop, many requests in flight), in
    `--rounds` rounds, the modes in turn in a rotating order; each figure is the median of its
-   rounds and each ratio the median of the rounds' own ratios (modes measured back to back);
+   rounds and each ratio the median of the rounds' own ratios (modes of a round run one after
+   the other);
 2. for each load level (25/50/75/90/100 % of that mode's saturation) runs each mode in turn
    open loop, so slow drift of the machine hits all modes alike;
 3. counts Redis round trips and commands per authorization across the payauth phases;
@@ -152,7 +153,7 @@ class Harness:
         self.payauth: ServerProcess | None = None
         self.metrics_port = 0
         # The other servers, when their modes run: "empty", "empty_redis", "payauth_b".
-        self.empties: dict[str, ServerProcess] = {}
+        self.other_servers: dict[str, ServerProcess] = {}
         self.redis: redis.Redis | None = None
         self.conns: list[Connection] = []
         self.clients: list[multiprocessing.process.BaseProcess] = []
@@ -175,25 +176,25 @@ class Harness:
             self.folder, a.workers, a.redis_url, a.pan_key_file, a.serve_arg)
         self.payauth.spawn()
         if "empty" in needed:
-            self.empties["empty"] = empty_server(self.folder, a.workers)
-            self.empties["empty"].spawn()
+            self.other_servers["empty"] = empty_server(self.folder, a.workers)
+            self.other_servers["empty"].spawn()
         self.payauth.wait_serving()
         url = a.redis_url or f"unix://{self.folder / 'payauth' / 'redis' / 'redis.sock'}"
         if "empty_redis" in needed:  # payauth's Redis, once it runs
-            self.empties["empty_redis"] = empty_server(self.folder, a.workers, url,
+            self.other_servers["empty_redis"] = empty_server(self.folder, a.workers, url,
                                                        EMPTY_REDIS_ROUND_TRIPS)
-            self.empties["empty_redis"].spawn()
+            self.other_servers["empty_redis"].spawn()
         if "payauth_b" in needed:  # a second payauth on the same Redis, data and PAN key
-            self.empties["payauth_b"], _ = payauth_server(
+            self.other_servers["payauth_b"], _ = payauth_server(
                 self.folder, a.workers, url, a.pan_key_file or self.folder / "payauth" / "pan.key",
                 [*a.serve_arg, *a.ab_serve_arg], name="payauth_b")
-            self.empties["payauth_b"].spawn()
-        for server in self.empties.values():
+            self.other_servers["payauth_b"].spawn()
+        for server in self.other_servers.values():
             server.wait_serving()
         self.redis = redis.Redis.from_url(url, socket_timeout=10)
         tree = self.payauth.tree()
         self.cpu_groups["payauth"] = [p for p, name in tree.items() if name != "redis-server"]
-        for name, server in self.empties.items():
+        for name, server in self.other_servers.items():
             self.cpu_groups[name] = [p for p, command in server.tree().items()
                                      if command != "redis-server"]
 
@@ -207,7 +208,7 @@ class Harness:
         """Spawn the client processes and wait until each is connected."""
         a = self.args
         targets = {"payauth": self.payauth.target}
-        targets.update({name: server.target for name, server in self.empties.items()})
+        targets.update({name: server.target for name, server in self.other_servers.items()})
         ctx = multiprocessing.get_context("spawn")
         for index in range(a.clients):
             parent, child = ctx.Pipe()
@@ -224,7 +225,7 @@ class Harness:
                 raise RuntimeError("a client process did not connect")
 
     def _servers(self) -> dict[str, ServerProcess]:
-        return {**({"payauth": self.payauth} if self.payauth else {}), **self.empties}
+        return {**({"payauth": self.payauth} if self.payauth else {}), **self.other_servers}
 
     def spread(self, name: str) -> dict[int, set[int]]:
         """Worker pid -> client ports of the connections it serves, for one server."""
@@ -289,7 +290,7 @@ class Harness:
                 process.kill()
         if self.redis is not None:
             self.redis.close()
-        for server in (*self.empties.values(), self.payauth):
+        for server in (*self.other_servers.values(), self.payauth):
             if server is not None:
                 server.stop()
         if self.args.keep_temp:
