@@ -3,6 +3,7 @@ for the session, real clients over real channels, and builders of valid requests
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -12,6 +13,8 @@ import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from payauth.clients import AcquirerClient, IssuerClient
+from payauth.server.reconcile import Discrepancy, reconcile
+from payauth.server.store import Store
 from payauth.v1 import authorizer_pb2, common_pb2, issuer_pb2
 from tests.servers import PayauthProcess, RedisProcess
 
@@ -111,3 +114,16 @@ def random_pan() -> str:
 
     body = "400000" + f"{uuid.uuid4().int % 10**9:09d}"
     return body + luhn.calc_check_digit(body)
+
+
+def reconcile_redis(url: str) -> tuple[int, list[Discrepancy]]:
+    """`payauth reconcile` on the Redis at `url`: what it checked and what does not balance."""
+
+    async def run() -> tuple[int, list[Discrepancy]]:
+        store = Store.connect(url, cluster=False, timeout_s=10)
+        try:
+            return await reconcile(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())

@@ -9,7 +9,13 @@ from pathlib import Path
 from payauth.clients import AcquirerClient, IssuerClient
 from payauth.server import keys
 from payauth.v1 import events_pb2
-from tests.conftest import authorize_request, issue_card, open_account, random_pan
+from tests.conftest import (
+    authorize_request,
+    issue_card,
+    open_account,
+    random_pan,
+    reconcile_redis,
+)
 from tests.servers import PayauthProcess, RedisProcess
 
 
@@ -73,8 +79,6 @@ def test_redis_sigkill_mid_capture_burst_loses_no_acknowledged_capture(tmp_path:
     import asyncio
 
     from payauth.clients import AsyncAcquirerClient, PayauthError
-    from payauth.server.reconcile import reconcile
-    from payauth.server.store import Store
 
     redis_server = RedisProcess(tmp_path / "redis").start()
     server = PayauthProcess(tmp_path / "var", redis_url=redis_server.url, workers=2).start()
@@ -116,14 +120,7 @@ def test_redis_sigkill_mid_capture_burst_loses_no_acknowledged_capture(tmp_path:
         assert set(acknowledged) <= captures
         client.close()
 
-        async def check() -> list:
-            store = Store.connect(redis_server.url, cluster=False, timeout_s=10)
-            try:
-                return (await reconcile(store))[1]
-            finally:
-                await store.close()
-
-        assert asyncio.run(check()) == []
+        assert reconcile_redis(redis_server.url)[1] == []
     finally:
         assert server.stop() == 0
         redis_server.stop()

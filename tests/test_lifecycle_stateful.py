@@ -4,7 +4,6 @@ that the server agrees with a model of the books and that `reconcile` finds noth
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import pytest
@@ -21,9 +20,13 @@ from hypothesis.stateful import (
 )
 
 from payauth.clients import AcquirerClient, FailedPreconditionError, IssuerClient
-from payauth.server.reconcile import reconcile
-from payauth.server.store import Store
-from tests.conftest import authorize_request, issue_card, open_account, unique
+from tests.conftest import (
+    authorize_request,
+    issue_card,
+    open_account,
+    reconcile_redis,
+    unique,
+)
 from tests.servers import PayauthProcess, RedisProcess, ServerClock, wait_until
 from tests.test_lifecycle import DAY
 
@@ -190,14 +193,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         if not hasattr(self, "accounts"):
             return
 
-        async def check() -> list:
-            store = Store.connect(self.redis.url, cluster=False, timeout_s=10)
-            try:
-                return (await reconcile(store))[1]
-            finally:
-                await store.close()
-
-        assert asyncio.run(check()) == []
+        assert reconcile_redis(self.redis.url)[1] == []
 
 
 def test_lifecycle_state_machine(machine_env) -> None:

@@ -5,7 +5,6 @@ server processes whose clock the tests control (--clock-file)."""
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Iterator
@@ -24,10 +23,14 @@ from payauth.clients import (
     NotFoundError,
 )
 from payauth.server import keys
-from payauth.server.reconcile import reconcile
-from payauth.server.store import Store
 from payauth.v1 import common_pb2, lifecycle_pb2, loyalty_pb2
-from tests.conftest import authorize_request, issue_card, open_account, unique
+from tests.conftest import (
+    authorize_request,
+    issue_card,
+    open_account,
+    reconcile_redis,
+    unique,
+)
 from tests.servers import PayauthProcess, RedisProcess, ServerClock
 
 L = loyalty_pb2
@@ -204,14 +207,7 @@ def assert_ledger_balances(loyalty: LoyaltyClient, rclient: redis.Redis, program
 def assert_reconciled(redis_server: RedisProcess) -> None:
     """`payauth reconcile` finds every account's and every member's books balanced."""
 
-    async def check() -> tuple[int, list]:
-        store = Store.connect(redis_server.url, cluster=False, timeout_s=10)
-        try:
-            return await reconcile(store)
-        finally:
-            await store.close()
-
-    checked, found = asyncio.run(check())
+    checked, found = reconcile_redis(redis_server.url)
     assert checked > 0 and found == [], found
 
 
@@ -653,14 +649,7 @@ def test_reconcile_finds_a_member_whose_points_do_not_balance(loyalty, prog, loy
     key = keys.member(partition, prog, m)
     rclient.hincrby(key, "pending", 7)
     try:
-        async def check() -> list:
-            store = Store.connect(loyalty_redis.url, cluster=False, timeout_s=10)
-            try:
-                return (await reconcile(store))[1]
-            finally:
-                await store.close()
-
-        found = asyncio.run(check())
+        found = reconcile_redis(loyalty_redis.url)[1]
         stored = balance(loyalty, prog, m).pending_points
         assert [(d.account_id, d.what, d.stored, d.expected, d.subject) for d in found] == [
             (f"{prog}/{m}", "pending points", stored, stored - 7, "loyalty member")]
