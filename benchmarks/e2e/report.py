@@ -50,9 +50,8 @@ def summary(doc: dict[str, Any]) -> str:
         "saturation (closed loop): " + ", ".join(f"{m} {v:.0f}/s" for m, v in sat.items()),
         f"ratio authorize/empty: {doc['ratio_authorize_to_empty']}   "
         f"ratio stream/authorize: {doc['ratio_stream_to_authorize']}" + "".join(
-            f"   ratio {name[6:].replace('_to_', '/')}: {doc[name]}" for name in
-            ("ratio_empty_redis_to_empty", "ratio_authorize_to_empty_redis",
-             "ratio_authorize_b_to_authorize") if name in doc),
+            f"   ratio {name.replace('_to_', '/')}: {doc[f'ratio_{name}']}"
+            for name in list(doc.get("ratio_rounds", {}))[2:]),
     ]
     rounds = doc.get("ratio_rounds", {})
     if any(len(v) > 1 for v in rounds.values()):

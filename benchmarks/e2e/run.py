@@ -496,13 +496,12 @@ class Harness:
             cpu[mode]["clients"] = c.get("clients", 0.0)
         doc: dict[str, Any] = {
             "saturation_rps": sat,
-            "ratio_authorize_to_empty": ratios["authorize_to_empty"],
-            "ratio_stream_to_authorize": ratios["stream_to_authorize"],
+            # ratio_authorize_to_empty, ratio_stream_to_authorize, and those of the other
+            # modes when they ran.
+            **{f"ratio_{name}": ratio for name, ratio in ratios.items()},
             "saturation_rounds_rps": {m: [round(p.achieved_rps, 1) for p in rounds]
                                       for m, rounds in self.saturation_rounds.items()},
             "ratio_rounds": ratio_rounds,
-            **{f"ratio_{name}": ratios[name] for name in ratio_rounds
-               if "empty_redis" in name or "authorize_b" in name},
             "latency_ms": latency,
             "redis": self.redis_figures(),
             "cpu_us_per_request_at_saturation": cpu,
