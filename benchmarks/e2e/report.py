@@ -12,7 +12,7 @@ from typing import Any
 
 COLUMNS = ("mode", "load", "offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms",
            "max ms", "lag p99", "n", "failed", "cpu us/req srv+redis")
-WIDTHS = (10, 10, 9, 10, 8, 8, 9, 8, 7, 7, 6, 20)
+WIDTHS = (10, 13, 9, 10, 8, 8, 9, 8, 7, 7, 6, 20)
 
 
 def _line(values: tuple[str, ...]) -> str:
@@ -78,6 +78,13 @@ def summary(doc: dict[str, Any]) -> str:
         lines.append(f"server-side means: {means}")
         by_name = ", ".join(f"{k} {v}" for k, v in r["commands_by_name_per_authorize"].items())
         lines.append(f"commands per authorization by name: {by_name}")
+    floor = doc.get("latency_floor_ms")
+    if floor:
+        lines.append(
+            f"latency at Authorize's 50 % ({floor['offered_rps']:.0f}/s offered): authorize "
+            + " / ".join(f"{floor['authorize'][k]:.2f}" for k in ("p50", "p99", "p999"))
+            + " ms (p50 / p99 / p99.9); the empty handler at the same load "
+            + " / ".join(f"{floor['empty'][k]:.2f}" for k in ("p50", "p99", "p999")) + " ms")
     lines.append(f"run took {doc['config']['elapsed_seconds']:.0f} s (data load "
                  f"{doc['config']['load_seconds']:.0f} s)")
     lines.append("targets: " + ", ".join(f"{k}={'yes' if v else 'NO'}"

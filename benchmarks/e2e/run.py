@@ -75,6 +75,10 @@ MODES: dict[str, tuple[str, bool]] = {
 EMPTY_REDIS_ROUND_TRIPS = 2
 DEFAULT_MODES = ("empty", "empty_redis", "authorize", "stream")
 DEFAULT_LEVELS = (25, 50, 75, 90, 100)
+# The load the latency targets are set at, in percent of Authorize's saturation.
+TARGET_PERCENT = 50
+# The level name of the empty handler offered Authorize's target load.
+FLOOR_LEVEL = f"authorize {TARGET_PERCENT}%"
 
 
 @dataclass
@@ -380,11 +384,13 @@ class Harness:
         self.saturation[mode] = statistics.median(p.achieved_rps for p in rounds)
         time.sleep(a.pause)
 
-    def open_loop(self, mode: str, percent: int) -> None:
-        """One open-loop level: `percent` of the mode's saturation, shared by the clients."""
+    def open_loop(self, mode: str, percent: int, of: str | None = None) -> None:
+        """One open-loop level: `percent` of the saturation of mode `of` (by default its
+        own), shared by the clients."""
         a = self.args
-        rate = self.saturation[mode] * percent / 100
-        self._run(mode, f"{percent}%", "open", {
+        rate = self.saturation[of or mode] * percent / 100
+        level = f"{percent}%" if of is None else f"{of} {percent}%"
+        self._run(mode, level, "open", {
             "rate": rate / a.clients, "duration_s": a.duration, "drain_s": a.drain,
         }, rate)
         time.sleep(a.pause)
@@ -415,6 +421,10 @@ class Harness:
         for percent in a.levels:
             for mode in a.modes:
                 self.open_loop(mode, percent)
+        if {"empty", "authorize"} <= set(a.modes) and TARGET_PERCENT in a.levels:
+            # The stack's own latency at the load the latency targets name: the empty handler
+            # offered Authorize's 50 %, on the same cores, clients and schedule.
+            self.open_loop("empty", TARGET_PERCENT, of="authorize")
         if "empty" not in a.modes:
             self._idle_window(2.0)
         elapsed = time.perf_counter() - started
@@ -508,6 +518,7 @@ class Harness:
             "cpu_ratio_authorize_to_empty": _ratio(cpu.get("empty", {}).get("server"),
                                                    cpu.get("authorize", {}).get("server")),
             "targets": _targets(ratios, latency),
+            "latency_floor_ms": _floor(latency),
             "phases": [asdict(p) for p in self.phases],
             "saturation": saturation_detail,
             "machine": machine(self.redis),
@@ -603,11 +614,23 @@ def _targets(ratios: dict[str, float | None], latency: dict[str, dict[str, Any]]
         targets["authorize_to_empty_at_least_0.5"] = r1 >= 0.5
     if r2 is not None:
         targets["stream_to_authorize_at_least_1.5"] = r2 >= 1.5
-    half = latency.get("authorize", {}).get("50%")
+    half = latency.get("authorize", {}).get(f"{TARGET_PERCENT}%")
     if half:
         targets["authorize_p99_at_50pct_under_2ms"] = half["p99"] < 2.0
         targets["authorize_p999_at_50pct_under_5ms"] = half["p999"] < 5.0
     return targets
+
+
+def _floor(latency: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Authorize's latency at its target load beside the empty handler's at the same offered
+    load: what payauth adds, and the floor the stack itself sets on this machine."""
+    target = latency.get("authorize", {}).get(f"{TARGET_PERCENT}%")
+    floor = latency.get("empty", {}).get(FLOOR_LEVEL)
+    if not target or not floor:
+        return None
+    return {"offered_rps": target["offered_rps"],
+            "authorize": {k: target[k] for k in ("p50", "p99", "p999")},
+            "empty": {k: floor[k] for k in ("p50", "p99", "p999")}}
 
 
 def _merge(mode: str, level: str, results: list[PhaseResult], offered: float | None,
