@@ -45,7 +45,9 @@ local function ledger(tag, account_id, kind, amount, balance_delta, held_delta, 
              'request_id', request_id, 'at_ms', now_ms)
 end
 
--- A hold as a table with its amounts as numbers; nil when absent.
+-- A hold as a table with its amounts as numbers; nil when absent. A new hold is
+-- written without the fields that start at zero or empty (captured, refunded,
+-- reversed, closed, updated_ms), the first lifecycle step writes them all.
 local function read_hold(key)
   local flat = redis.call('HGETALL', key)
   if #flat == 0 then
@@ -174,11 +176,13 @@ Returns {fingerprint, stored answer or false, decided_ms or false, reversal mark
 --]]
 local function claim_request(keys, args)
   local claim, fingerprint, ttl_ms, account_id = keys[1], args[1], args[2], args[3]
-  if redis.call('HSETNX', claim, 'fp', fingerprint) == 1 then
-    redis.call('HSET', claim, 'acct', account_id)
+  local rec = redis.call('HMGET', claim, 'fp', 'base', 'decided_ms', 'rev')
+  if not rec[1] then  -- new (a claim an early reversal marked has `rev` but no `fp` yet)
+    redis.call('HSET', claim, 'fp', fingerprint, 'acct', account_id)
     redis.call('PEXPIRE', claim, ttl_ms)
+    rec[1] = fingerprint
   end
-  return redis.call('HMGET', claim, 'fp', 'base', 'decided_ms', 'rev')
+  return rec
 end
 
 --[[
@@ -225,9 +229,9 @@ local function authorize_commit(keys, args)
   end
 
   local outcome, approved = 'final', 0
-  local hold = nil
+  local hold, acct = nil, nil
   if mode ~= 'final' then
-    local acct = redis.call('HMGET', account_key, 'kind', 'status', 'balance', 'limit', 'held',
+    acct = redis.call('HMGET', account_key, 'kind', 'status', 'balance', 'limit', 'held',
                             'currency')
     if mode == 'increment' then
       hold = read_hold(k_hold(tag, auth_id))
@@ -301,17 +305,17 @@ local function authorize_commit(keys, args)
     redis.call('HSET', k_hold(tag, auth_id),
                'account_id', account_id, 'request_id', request_id, 'card_token', args[16],
                'merchant_id', merchant_id, 'mcc', args[17], 'currency', currency,
-               'approved', fmt(approved), 'held', fmt(approved), 'captured', '0',
-               'refunded', '0', 'reversed', '0', 'tolerance_bps', '0',
-               'created_ms', now_ms, 'updated_ms', now_ms, 'expires_ms', expires_ms,
-               'max_expires_ms', args[19], 'closed', '', 'kind', 'points',
+               'approved', fmt(approved), 'held', fmt(approved), 'tolerance_bps', '0',
+               'created_ms', now_ms, 'expires_ms', expires_ms,
+               'max_expires_ms', args[19], 'kind', 'points',
                'l_prog', lp.program, 'l_mem', lp.member, 'l_earn', '0', 'l_earn_entry', '',
                'l_redeem', fmt(redeemed), 'l_redeem_entry', redeem_entry,
                'l_state', 'pending', 'l_expiry_ms', fmt(lp.expiry_ms))
     redis.call('ZADD', k_expiries(tag), expires_ms, auth_id)
   elseif approved > 0 then
-    redis.call('HINCRBY', account_key, 'held', fmt(approved))
-    redis.call('HSET', account_key, 'updated_ms', now_ms)
+    -- `held` as read above: this call is atomic, so one HSET writes the sum.
+    redis.call('HSET', account_key, 'held', fmt(tonumber(acct[5]) + approved),
+               'updated_ms', now_ms)
     if mode == 'increment' then
       hold.approved = hold.approved + approved
       hold.held = hold.held + approved
@@ -320,10 +324,9 @@ local function authorize_commit(keys, args)
       redis.call('HSET', k_hold(tag, auth_id),
                  'account_id', account_id, 'request_id', request_id, 'card_token', args[16],
                  'merchant_id', merchant_id, 'mcc', args[17], 'currency', currency,
-                 'approved', fmt(approved), 'held', fmt(approved), 'captured', '0',
-                 'refunded', '0', 'reversed', '0', 'tolerance_bps', args[18],
-                 'created_ms', now_ms, 'updated_ms', now_ms, 'expires_ms', expires_ms,
-                 'max_expires_ms', args[19], 'closed', '')
+                 'approved', fmt(approved), 'held', fmt(approved),
+                 'tolerance_bps', args[18], 'created_ms', now_ms, 'expires_ms', expires_ms,
+                 'max_expires_ms', args[19])
       redis.call('ZADD', k_holds(tag, account_id), expires_ms, auth_id)
       redis.call('ZADD', k_expiries(tag), expires_ms, auth_id)
       if member ~= nil then
