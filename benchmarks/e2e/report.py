@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("mode", "load", "offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms",
-           "max ms", "lag p99", "n", "failed", "cpu us/req srv+redis")
-WIDTHS = (10, 13, 9, 10, 8, 8, 9, 8, 7, 7, 6, 20)
+           "max ms", "lag p99", "n", "failed", "forks", "cpu us/req srv+redis")
+WIDTHS = (10, 13, 9, 10, 8, 8, 9, 8, 7, 7, 6, 5, 20)
 
 
 def _line(values: tuple[str, ...]) -> str:
@@ -38,7 +38,7 @@ def row(phase: Any) -> str:
         f"{phase.p99:.2f}", f"{phase.p999:.2f}", f"{phase.max:.1f}",
         "-" if phase.send_lag_ms is None else f"{phase.send_lag_ms['p99']:.2f}",
         str(phase.completed),
-        str(phase.incomplete + phase.errors), cpu_text,
+        str(phase.incomplete + phase.errors), str(phase.redis_forks), cpu_text,
     ))
 
 

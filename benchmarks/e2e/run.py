@@ -103,12 +103,17 @@ class Phase:
     cpu_us_per_request: dict[str, float] = field(default_factory=dict)
     worker_cpu_share: list[float] = field(default_factory=list)  # of the mode's server
     server_mean_ms: dict[str, float | None] = field(default_factory=dict)  # payauth's view
+    # Redis forks (AOF rewrites) begun during the phase: the fork stops Redis's main thread,
+    # the child takes a core for a while, so a level's tail can be theirs.
+    redis_forks: int = 0
+    redis_fork_ms: float | None = None  # the last one's fork time
 
     def latency_entry(self) -> dict[str, float | None]:
         """The phase as the JSON's latency_ms entry."""
         return {"offered_rps": _round(self.offered_rps), "achieved_rps": _round(self.achieved_rps),
                 "p50": self.p50, "p99": self.p99, "p999": self.p999, "max": self.max,
-                "failed": self.errors + self.incomplete, "send_lag_ms": self.send_lag_ms}
+                "failed": self.errors + self.incomplete, "send_lag_ms": self.send_lag_ms,
+                "redis_forks": self.redis_forks}
 
 
 def _round(value: float | None) -> float | None:
@@ -356,6 +361,9 @@ class Harness:
         after = snapshot(self.metrics_port, self.redis)
         self.tallies.setdefault(mode, RedisTally()).add(before, after)
         phase = _merge(mode, level, results, offered, op == "closed")
+        phase.redis_forks = after.forks - before.forks
+        if phase.redis_forks:
+            phase.redis_fork_ms = after.latest_fork_usec / 1000
         if server == "payauth":
             phase.server_mean_ms = _server_means(before, after)
         if sum(worker_cpu) > 0:

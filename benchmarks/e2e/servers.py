@@ -229,6 +229,8 @@ class Counters:
     commands: dict[str, int]
     total_commands: int
     total_reads: int
+    forks: int = 0  # Redis's forks so far: each AOF rewrite is one
+    latest_fork_usec: int = 0  # how long the last fork held Redis's main thread
 
 
 def scrape_prometheus(port: int) -> dict[str, float]:
@@ -254,17 +256,16 @@ def scrape_prometheus(port: int) -> dict[str, float]:
     return values
 
 
-def redis_counters(client: redis.Redis) -> tuple[dict[str, int], int, int]:
-    """Calls per command (`INFO commandstats`), total commands and total socket reads."""
-    stats = client.info("commandstats")
-    commands = {name.removeprefix("cmdstat_"): int(value["calls"])
-                for name, value in stats.items()}
-    info = client.info("stats")
-    return commands, int(info["total_commands_processed"]), int(info["total_reads_processed"])
-
-
 def snapshot(metrics_port: int, client: redis.Redis | None) -> Counters:
-    """Prometheus and Redis counters now."""
-    prometheus = scrape_prometheus(metrics_port)
-    commands, total_commands, total_reads = redis_counters(client) if client else ({}, 0, 0)
-    return Counters(time.perf_counter(), prometheus, commands, total_commands, total_reads)
+    """Prometheus and Redis counters now: calls per command (`INFO commandstats`), total
+    commands, socket reads and forks (`INFO stats`)."""
+    counters = Counters(time.perf_counter(), scrape_prometheus(metrics_port), {}, 0, 0)
+    if client is not None:
+        counters.commands = {name.removeprefix("cmdstat_"): int(value["calls"])
+                             for name, value in client.info("commandstats").items()}
+        info = client.info("stats")
+        counters.total_commands = int(info["total_commands_processed"])
+        counters.total_reads = int(info["total_reads_processed"])
+        counters.forks = int(info["total_forks"])
+        counters.latest_fork_usec = int(info["latest_fork_usec"])
+    return counters
