@@ -170,7 +170,8 @@ class AuthorizePipeline:
     async def _decide(self, request: authorizer_pb2.AuthorizeRequest, route: CardRoute,
                       snapshot: AuthorizationSnapshot, fingerprint: str,
                       now: float) -> authorizer_pb2.AuthorizeResponse:
-        if snapshot.claim_fingerprint != fingerprint or (
+        # The claim is unbound (None) until the commit binds it on a single Redis.
+        if snapshot.claim_fingerprint not in (None, fingerprint) or (
                 snapshot.stored_fingerprint is not None
                 and snapshot.stored_fingerprint != fingerprint):
             raise _conflict()  # another body, or a capture/reversal/refund's request_id

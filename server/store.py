@@ -140,7 +140,9 @@ class AuthorizationSnapshot:
     account: AccountRecord | None
     stored: StoredAnswer | None  # the partition's idempotency record
     stored_fingerprint: str | None
-    claim_fingerprint: str | None  # the request_id claim (set by this read when new)
+    # The fingerprint the request_id is bound to: set by the read when new on a cluster, by
+    # the commit on a single Redis (so None there until the first commit).
+    claim_fingerprint: str | None
     claim_answer: StoredAnswer | None  # an unrouted answer stored on the claim
     reversed_early: bool  # a reversal for this request_id arrived before it
     pan_token: str | None  # what the PAN index points to now (PAN requests)
@@ -186,6 +188,8 @@ _ACCOUNT_FIELDS = ("kind", "status", "currency", "balance", "limit", "held", "up
 _CARD_FIELDS = ("account_id", "status", "exp_year", "exp_month", "pan_hash")
 _LINK_FIELDS = ("loyalty_program", "loyalty_member")
 _IDEM_FIELDS = ("fp", "outcome", "approved", "auth_id", "decided_ms", "base", "points")
+# What payauth_claim_request returns, read as they are.
+_CLAIM_FIELDS = ("fp", "base", "decided_ms", "rev")
 
 
 def _answer(outcome: bytes, approved: bytes, auth_id: bytes, decided_ms: bytes,
@@ -286,6 +290,11 @@ class Store:
     def __init__(self, client: aioredis.Redis | aioredis.RedisCluster, cluster: bool) -> None:
         self.client = client
         self.cluster = cluster
+        # Where a new request_id is bound to its body. On a single Redis the commit binds it
+        # (its Function can reach the claim's partition too), so the read writes nothing and a
+        # new authorization waits for one fsync of the AOF instead of two; on a cluster the
+        # claim's partition lives on another shard than the account's, and the read binds it.
+        self.claim_in_commit = not cluster
         self.url = ""
         self._batcher = PipelineBatcher(client)
 
@@ -383,15 +392,17 @@ class Store:
         member_window: tuple[int, int] | None = None,
     ) -> AuthorizationSnapshot:
         """One pipeline: card, account (with its loyalty link), stored answer, request_id
-        claim (set when new), and the account's loyalty member when `member` (program,
-        member id) names it (its qualifying points summed over `member_window`, (day, days),
-        when given)."""
+        claim (bound here when new on a cluster, only read on a single Redis: see
+        `claim_in_commit`), and the account's loyalty member when `member` (program, member
+        id) names it (its qualifying points summed over `member_window`, (day, days), when
+        given)."""
         partition = keys.partition_of(account_id)
         claim = keys.request_claim(request_id)
         commands: list[tuple] = [
             ("HMGET", keys.card(card_token), *_CARD_FIELDS),
             ("HMGET", keys.account(partition, account_id), *_ACCOUNT_FIELDS, *_LINK_FIELDS),
             ("HMGET", keys.idempotency(partition, request_id), *_IDEM_FIELDS),
+            ("HMGET", claim, *_CLAIM_FIELDS) if self.claim_in_commit else
             ("FCALL", "payauth_claim_request", 1, claim, fingerprint, claim_ttl_ms, account_id),
         ]
         if pan_hash is not None:
@@ -451,14 +462,17 @@ class Store:
         event: bytes,
         loyalty: str = "",
     ) -> CommitResult:
-        """The atomic commit: re-check funds, hold (mode 'hold'), raise a hold (mode
-        'increment') or record a decision taken (mode 'final'); store the answer; append
-        the ledger entry and the event."""
+        """The atomic commit: bind the request_id (on a single Redis), re-check funds, hold
+        (mode 'hold'), raise a hold (mode 'increment') or record a decision taken (mode
+        'final'); store the answer; append the ledger entry and the event."""
         p = keys.partition_of(account_id)
+        commit_keys = [keys.account(p, account_id), keys.idempotency(p, request_id)]
+        if self.claim_in_commit:
+            commit_keys.append(keys.request_claim(request_id))
         started = time.perf_counter()
         reply = await self._fcall(
             "payauth_authorize_commit",
-            [keys.account(p, account_id), keys.idempotency(p, request_id)],
+            commit_keys,
             [
                 keys.tag(p), request_id, fingerprint, mode, amount, "1" if partial_ok else "0",
                 now_ms, expires_ms, authorization_id, idempotency_ttl_ms, base, event,

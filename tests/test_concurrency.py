@@ -8,7 +8,7 @@ from collections import Counter
 
 import redis
 
-from payauth.clients import AsyncAcquirerClient, IssuerClient
+from payauth.clients import AlreadyExistsError, AsyncAcquirerClient, IssuerClient
 from payauth.server import keys
 from payauth.v1 import authorizer_pb2
 from tests.conftest import authorize_request, issue_card, open_account
@@ -17,15 +17,18 @@ from tests.servers import PayauthProcess
 CHANNELS = 4
 # Separate TCP connections, so SO_REUSEPORT spreads them over the workers.
 OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
+# Pairs of requests sharing a request_id: enough that some pair meets between read and commit.
+PAIRS = 150
 
 
-async def _authorize_all(target: str, requests: list[authorizer_pb2.AuthorizeRequest]
-                         ) -> list[authorizer_pb2.AuthorizeResponse]:
+async def _authorize_all(target: str, requests: list[authorizer_pb2.AuthorizeRequest],
+                         return_exceptions: bool = False) -> list:
     clients = [AsyncAcquirerClient(target, timeout=30, options=OWN_CONNECTION)
                for _ in range(CHANNELS)]
     try:
         return await asyncio.gather(*(clients[i % CHANNELS].authorize(request)
-                                      for i, request in enumerate(requests)))
+                                      for i, request in enumerate(requests)),
+                                    return_exceptions=return_exceptions)
     finally:
         for client in clients:
             await client.close()
@@ -71,3 +74,29 @@ def test_50_concurrent_duplicates_make_one_hold(
     got = issuer.get_account(account_id=account)
     assert (got.account.held_minor, len(got.holds)) == (2_500, 1)
     assert _events(redis_client, account) - events_before == 1
+
+
+def test_one_request_id_sent_concurrently_with_two_bodies_is_decided_once(
+        payauth: PayauthProcess, issuer: IssuerClient) -> None:
+    # Two cards of two accounts (two partitions): both requests can pass the read before
+    # either is bound, and whichever binds the request_id first is decided; the other is
+    # refused, whether at its read or at its commit, and holds nothing.
+    first, second = open_account(issuer, 100_000), open_account(issuer, 100_000)
+    first_card, second_card = issue_card(issuer, first), issue_card(issuer, second)
+    requests = []
+    for _ in range(PAIRS):
+        request = authorize_request(card_token=first_card, amount_minor=100)
+        requests.append(request)
+        requests.append(authorize_request(card_token=second_card, amount_minor=100,
+                                          request_id=request.request_id,
+                                          timestamp=request.timestamp))
+
+    outcomes = asyncio.run(_authorize_all(payauth.target, requests, return_exceptions=True))
+
+    for a, b in zip(outcomes[::2], outcomes[1::2], strict=True):
+        assert sorted(type(o).__name__ for o in (a, b)) == [
+            "AlreadyExistsError", "AuthorizeResponse"], (a, b)
+        decided = a if isinstance(b, AlreadyExistsError) else b
+        assert (decided.iso_response_code, decided.approved_amount_minor) == ("00", 100)
+    held = [issuer.get_account(account_id=a).account.held_minor for a in (first, second)]
+    assert sum(held) == PAIRS * 100

@@ -189,7 +189,9 @@ end
 authorize_commit: re-check the account and funds, place (or raise) the hold,
 store the answer, append the ledger entry and the decision event, all at once.
 
-KEYS: 1 account, 2 idempotency record
+KEYS: 1 account, 2 idempotency record, 3 the request claim (on a single Redis
+      only: the commit binds a new request_id there, as claim_request does on a
+      cluster in the read, and declines when a reversal marked it first)
 ARGV: 1 partition tag, 2 request_id, 3 fingerprint, 4 mode ('hold' to decide
       on funds, 'increment' to raise the hold ARGV[9] names, 'final' to record
       a decision already taken), 5 amount, 6 partial_ok ('1'/'0'), 7 now (ms),
@@ -228,6 +230,20 @@ local function authorize_commit(keys, args)
     return {'replay', rec[2], rec[3], rec[4], rec[5], rec[6], rec[7] or '0|0|0'}
   end
 
+  local reversed_first = false
+  local claim_key = keys[3]
+  if claim_key then
+    local claim = redis.call('HMGET', claim_key, 'fp', 'rev')
+    if claim[1] and claim[1] ~= fingerprint then
+      return {'conflict'}
+    end
+    if not claim[1] then
+      redis.call('HSET', claim_key, 'fp', fingerprint, 'acct', account_id)
+      redis.call('PEXPIRE', claim_key, idem_ttl_ms)
+    end
+    reversed_first = claim[2] ~= false
+  end
+
   local outcome, approved = 'final', 0
   local hold, acct = nil, nil
   if mode ~= 'final' then
@@ -236,7 +252,7 @@ local function authorize_commit(keys, args)
     if mode == 'increment' then
       hold = read_hold(k_hold(tag, auth_id))
     end
-    if redis.call('EXISTS', k_early(tag, request_id)) == 1 then
+    if reversed_first or redis.call('EXISTS', k_early(tag, request_id)) == 1 then
       outcome = 'reversed_early'
     elseif not acct[1] then
       outcome = 'account_missing'
