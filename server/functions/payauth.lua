@@ -248,7 +248,7 @@ local function authorize_commit(keys, args)
   local hold, acct = nil, nil
   if mode ~= 'final' then
     acct = redis.call('HMGET', account_key, 'kind', 'status', 'balance', 'limit', 'held',
-                            'currency')
+                      'currency')
     if mode == 'increment' then
       hold = read_hold(k_hold(tag, auth_id))
     end
