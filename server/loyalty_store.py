@@ -21,10 +21,6 @@ from payauth.server.store import Store
 MEMBER_CACHE = 100_000
 
 
-_MEMBER_FIELDS = ("available", "pending", "earned", "redeemed", "seq", "state", "state_reason",
-                  "state_ms", "account_id", "birth_month", "enrolled_ms")
-
-
 @dataclass(frozen=True, slots=True)
 class MemberRecord:
     """A member's stored balance and profile (`next_expiry_ms` 0 when nothing expires)."""
