@@ -163,6 +163,20 @@ local function stored_result(idem_key, fingerprint)
   return reply
 end
 
+-- Bind a request_id's claim to a body when it has none yet (as HSETNX would; a
+-- claim an early reversal marked has `rev` but no `fp`), with the account it is
+-- routed to and the TTL. Returns {fp, stored answer, decided_ms, reversal mark}
+-- as they are now: fp is another body's when the id was bound before.
+local function bind_claim(claim, fingerprint, account_id, ttl_ms)
+  local rec = redis.call('HMGET', claim, 'fp', 'base', 'decided_ms', 'rev')
+  if not rec[1] then
+    redis.call('HSET', claim, 'fp', fingerprint, 'acct', account_id)
+    redis.call('PEXPIRE', claim, ttl_ms)
+    rec[1] = fingerprint
+  end
+  return rec
+end
+
 --[[
 claim_request: bind a request_id to its request body, in the read pipeline of
 Authorize. The claim lives in the request_id's own partition, so a reuse of
@@ -175,14 +189,7 @@ ARGV: 1 fingerprint, 2 ttl (ms), 3 account id
 Returns {fingerprint, stored answer or false, decided_ms or false, reversal mark or false}.
 --]]
 local function claim_request(keys, args)
-  local claim, fingerprint, ttl_ms, account_id = keys[1], args[1], args[2], args[3]
-  local rec = redis.call('HMGET', claim, 'fp', 'base', 'decided_ms', 'rev')
-  if not rec[1] then  -- new (a claim an early reversal marked has `rev` but no `fp` yet)
-    redis.call('HSET', claim, 'fp', fingerprint, 'acct', account_id)
-    redis.call('PEXPIRE', claim, ttl_ms)
-    rec[1] = fingerprint
-  end
-  return rec
+  return bind_claim(keys[1], args[1], args[3], args[2])
 end
 
 --[[
@@ -231,17 +238,12 @@ local function authorize_commit(keys, args)
   end
 
   local reversed_first = false
-  local claim_key = keys[3]
-  if claim_key then
-    local claim = redis.call('HMGET', claim_key, 'fp', 'rev')
-    if claim[1] and claim[1] ~= fingerprint then
+  if keys[3] then
+    local claim = bind_claim(keys[3], fingerprint, account_id, idem_ttl_ms)
+    if claim[1] ~= fingerprint then
       return {'conflict'}
     end
-    if not claim[1] then
-      redis.call('HSET', claim_key, 'fp', fingerprint, 'acct', account_id)
-      redis.call('PEXPIRE', claim_key, idem_ttl_ms)
-    end
-    reversed_first = claim[2] ~= false
+    reversed_first = claim[4] ~= false
   end
 
   local outcome, approved = 'final', 0
