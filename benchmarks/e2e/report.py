@@ -85,6 +85,11 @@ def summary(doc: dict[str, Any]) -> str:
             + " / ".join(f"{floor['authorize'][k]:.2f}" for k in ("p50", "p99", "p999"))
             + " ms (p50 / p99 / p99.9); the empty handler at the same load "
             + " / ".join(f"{floor['empty'][k]:.2f}" for k in ("p50", "p99", "p999")) + " ms")
+        busy = [floor[name].get("cores_busy") for name in ("authorize", "empty")]
+        if None not in busy:
+            lines.append(f"cores busy at that load (servers, Redis and clients): authorize "
+                         f"{busy[0]:.2f}, the empty handler {busy[1]:.2f}, of "
+                         f"{doc['machine']['cores']}")
     lines.append(f"run took {doc['config']['elapsed_seconds']:.0f} s (data load "
                  f"{doc['config']['load_seconds']:.0f} s)")
     lines.append("targets: " + ", ".join(f"{k}={'yes' if v else 'NO'}"

@@ -198,6 +198,7 @@ class LoyaltyHarness(Harness):
               offered: float | None) -> Phase:
         """One phase from every client process at once: `mode` is a pool ("without",
         "with") or "earn"; counters and CPU are read around it."""
+        self._compact_aof()
         self._settle()
         # The server closes connections after grpc.max_connection_age_ms and the clients
         # reconnect wherever the kernel puts them: re-check the split before every phase.
@@ -466,6 +467,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--member-share must be between 0 and 1")
     # What the e2e harness reads of its arguments.
     args.redis_url, args.pan_key_file, args.modes = None, None, ["authorize"]
+    args.no_compact = False
     return args
 
 
