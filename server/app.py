@@ -33,6 +33,7 @@ from payauth.server.pan import PanHasher, load_or_create_key
 from payauth.server.policies import IssuerPolicies
 from payauth.server.servicers import Authorizer, IssuerControl, Loyalty
 from payauth.server.store import Store
+from payauth.server.worker_stalls import GcPauses, watch_event_loop
 from payauth.v1 import (
     authorizer_pb2,
     authorizer_pb2_grpc,
@@ -101,6 +102,7 @@ async def serve_worker(settings: Settings, redis_url: str, port: int, worker_ind
     sweeping = asyncio.create_task(sweeper.run(stopping))
     watching = asyncio.create_task(registry.watch(stopping))
     flushing = asyncio.create_task(flush_metrics_every(METRICS_FLUSH_S, stopping))
+    probing = asyncio.create_task(watch_event_loop(stopping))
     # What start-up made (modules, descriptors, compiled policies) lives as long as the
     # worker: out of the collector's sight, a full collection no longer walks it all
     # while calls wait.
@@ -114,6 +116,7 @@ async def serve_worker(settings: Settings, redis_url: str, port: int, worker_ind
     await sweeping
     await watching
     await flushing
+    await probing
     flush_metrics()  # what the drained calls counted
     await store.close()
 
@@ -121,4 +124,5 @@ async def serve_worker(settings: Settings, redis_url: str, port: int, worker_ind
 def run_worker(settings: Settings, redis_url: str, port: int, worker_index: int,
                on_ready: Callable[[], None]) -> None:
     """Entry point of a worker process: uvloop, then serve_worker."""
-    uvloop.run(serve_worker(settings, redis_url, port, worker_index, on_ready))
+    with GcPauses():
+        uvloop.run(serve_worker(settings, redis_url, port, worker_index, on_ready))

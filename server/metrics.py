@@ -113,6 +113,14 @@ STAND_IN = Counter("payauth_stand_in_decisions", "Decisions taken under the stan
 REDIS_LATENCY = Histogram("payauth_redis_latency_seconds", "Time of one Redis round trip, by "
                           "operation", ("operation",), buckets=LATENCY_BUCKETS)
 EXPIRED_HOLDS = Counter("payauth_expired_holds", "Holds released by the expiry sweeper")
+# Where stalls live: from a tenth of a millisecond (a busy turn) to seconds.
+STALL_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+EVENT_LOOP_LAG = Histogram("payauth_event_loop_lag_seconds", "How late a worker's event loop "
+                           "ran a timer probe (set every 20 ms): what a ready call waited",
+                           buckets=STALL_BUCKETS)
+GC_PAUSE = Histogram("payauth_gc_pause_seconds", "Duration of each garbage collection in a "
+                     "worker, by generation; the event loop stops while it runs",
+                     ("generation",), buckets=STALL_BUCKETS)
 LOYALTY_POINTS = Counter("payauth_loyalty_points", "Loyalty points moved through the Loyalty "
                          "API and the expiry sweeper, by program, A/B variant ('-' without a "
                          "test) and movement (issued, redeemed, expired, adjusted_in, "

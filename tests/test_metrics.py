@@ -117,3 +117,54 @@ def test_worker_metric_increments_reach_the_files_when_flushed(tmp_path: Path) -
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_worker_stall_metrics_time_a_blocked_loop_and_each_collection() -> None:
+    """The event-loop probe records how late its timer fired; GcPauses times every
+    collection by generation."""
+    import asyncio
+    import gc
+
+    from payauth.server.metrics import EVENT_LOOP_LAG, GC_PAUSE
+    from payauth.server.worker_stalls import GcPauses, watch_event_loop
+
+    def histogram(metric: object, **labels: str) -> dict[str, float]:
+        return {s.name.rsplit("_", 1)[-1] + s.labels.get("le", ""): s.value
+                for family in metric.collect() for s in family.samples
+                if all(s.labels.get(k) == v for k, v in labels.items())}
+
+    before = histogram(EVENT_LOOP_LAG)
+
+    async def block_the_loop() -> None:
+        stopping = asyncio.Event()
+        probing = asyncio.create_task(watch_event_loop(stopping, interval_s=0.005))
+        await asyncio.sleep(0.05)
+        time.sleep(0.06)  # a callback that holds the loop for 60 ms
+        await asyncio.sleep(0.02)
+        stopping.set()
+        await probing
+
+    asyncio.run(block_the_loop())
+    after = histogram(EVENT_LOOP_LAG)
+    assert after["count"] - before["count"] >= 5
+    # The probe that waited on the blocked loop was 50 ms late or more.
+    late = (after["count"] - after["bucket0.05"]) - (before["count"] - before["bucket0.05"])
+    assert late >= 1
+
+    gen2_before = histogram(GC_PAUSE, generation="2")
+    with GcPauses():
+        gc.collect()
+    gc.collect()  # after __exit__: not timed
+    gen2_after = histogram(GC_PAUSE, generation="2")
+    assert gen2_after["count"] - gen2_before.get("count", 0) == 1
+    assert gen2_after["sum"] > gen2_before.get("sum", 0)
+
+
+def test_workers_probe_their_event_loops(payauth: PayauthProcess) -> None:
+    """A running server exposes its workers' event-loop probes (one every 20 ms each)."""
+    def probes() -> float:
+        return _samples(payauth).get(("payauth_event_loop_lag_seconds_count", ()), 0)
+
+    first = probes()
+    time.sleep(0.5)
+    assert probes() - first >= 10

@@ -90,6 +90,18 @@ def summary(doc: dict[str, Any]) -> str:
             lines.append(f"cores busy at that load (servers, Redis and clients): authorize "
                          f"{busy[0]:.2f}, the empty handler {busy[1]:.2f}, of "
                          f"{doc['machine']['cores']}")
+        stalls = floor["authorize"].get("stalls")
+        if stalls:
+            gc_ms, gc_n = stalls.get("gc_ms", {}), stalls.get("gc_collections", {})
+            lines.append(
+                "payauth's event loops at that load: probe lag p99 <= "
+                f"{stalls.get('loop_lag_p99_ms_at_most')} ms, worst <= "
+                f"{stalls.get('loop_lag_worst_ms_at_most')} ms; garbage collections "
+                + ", ".join(f"gen {g} {gc_n.get(g, 0)} ({gc_ms.get(g, 0)} ms)" for g in "012")
+                + f", the longest <= {stalls.get('gc_worst_ms_at_most')} ms")
+            inside = stalls.get("server_p99_ms_at_most", {})
+            lines.append("p99 inside payauth at that load (its histograms' bucket bounds): "
+                         + ", ".join(f"{k} <= {v} ms" for k, v in inside.items() if v))
     lines.append(f"run took {doc['config']['elapsed_seconds']:.0f} s (data load "
                  f"{doc['config']['load_seconds']:.0f} s)")
     lines.append("targets: " + ", ".join(f"{k}={'yes' if v else 'NO'}"

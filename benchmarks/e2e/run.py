@@ -103,6 +103,7 @@ class Phase:
     cpu_us_per_request: dict[str, float] = field(default_factory=dict)
     worker_cpu_share: list[float] = field(default_factory=list)  # of the mode's server
     server_mean_ms: dict[str, float | None] = field(default_factory=dict)  # payauth's view
+    stalls: dict[str, Any] = field(default_factory=dict)  # payauth's event loops held up
     # Redis forks (AOF rewrites) begun during the phase: the fork stops Redis's main thread,
     # the child takes a core for a while, so a level's tail can be theirs.
     redis_forks: int = 0
@@ -122,7 +123,8 @@ class Phase:
         return {"offered_rps": _round(self.offered_rps), "achieved_rps": _round(self.achieved_rps),
                 "p50": self.p50, "p99": self.p99, "p999": self.p999, "max": self.max,
                 "failed": self.errors + self.incomplete, "send_lag_ms": self.send_lag_ms,
-                "redis_forks": self.redis_forks, "cores_busy": self.cores_busy()}
+                "redis_forks": self.redis_forks, "cores_busy": self.cores_busy(),
+                **({"stalls": self.stalls} if self.stalls else {})}
 
 
 def _round(value: float | None) -> float | None:
@@ -414,6 +416,7 @@ class Harness:
             phase.redis_fork_ms = after.latest_fork_usec / 1000
         if server == "payauth":
             phase.server_mean_ms = _server_means(before, after)
+            phase.stalls = _stalls(before, after)
         if sum(worker_cpu) > 0:
             phase.worker_cpu_share = [round(c / sum(worker_cpu), 3) for c in worker_cpu]
         if phase.completed:
@@ -661,6 +664,49 @@ def _server_means(before: Counters, after: Counters) -> dict[str, float | None]:
     }
 
 
+def _stalls(before: Counters, after: Counters) -> dict[str, Any]:
+    """How long payauth's event loops were held up during one phase (its workers'
+    `payauth_event_loop_lag_seconds` and `payauth_gc_pause_seconds`, summed over workers):
+    the loop probes' p99 and worst lag, and the garbage collections by generation."""
+    def delta(key: str) -> float:
+        return after.prometheus.get(key, 0) - before.prometheus.get(key, 0)
+
+    def buckets(prefix: str) -> list[tuple[float, float]]:
+        found = [(float(k.removeprefix(prefix)), delta(k)) for k in after.prometheus
+                 if k.startswith(prefix)]
+        return sorted(found)
+
+    def bound_ms(le: float) -> float | None:
+        return None if le == float("inf") else round(le * 1000, 2)
+
+    def p99(prefix: str) -> float | None:
+        found = buckets(prefix)
+        if not found or found[-1][1] <= 0:
+            return None
+        return bound_ms(next(le for le, n in found if n >= 0.99 * found[-1][1]))
+
+    stalls: dict[str, Any] = {
+        "server_p99_ms_at_most": {
+            name: p99(prefix) for name, prefix in (
+                ("Authorize", "rpc_le:Authorize:"),
+                ("AuthorizeStream_message", "rpc_le:AuthorizeStream:"),
+                ("read_pipeline", "redis_le:authorize_read:"),
+                ("commit", "redis_le:authorize_commit:"))}}
+    lag = buckets("loop_lag_le:")
+    if lag and lag[-1][1] > 0:
+        total = lag[-1][1]
+        stalls["loop_lag_p99_ms_at_most"] = bound_ms(next(le for le, n in lag
+                                                          if n >= 0.99 * total))
+        stalls["loop_lag_worst_ms_at_most"] = bound_ms(next(le for le, n in lag if n >= total))
+        stalls["loop_probes"] = int(total)
+    gcs = buckets("gc_le:")
+    if gcs and gcs[-1][1] > 0:
+        stalls["gc_worst_ms_at_most"] = bound_ms(next(le for le, n in gcs if n >= gcs[-1][1]))
+        stalls["gc_collections"] = {g: int(delta(f"gc_count:{g}")) for g in "012"}
+        stalls["gc_ms"] = {g: round(delta(f"gc_seconds:{g}") * 1000, 1) for g in "012"}
+    return stalls
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
@@ -696,7 +742,7 @@ def _floor(latency: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
         return None
     keys = ("p50", "p99", "p999", "cores_busy")
     return {"offered_rps": target["offered_rps"],
-            "authorize": {k: target.get(k) for k in keys},
+            "authorize": {k: target.get(k) for k in (*keys, "stalls")},
             "empty": {k: floor.get(k) for k in keys}}
 
 

@@ -250,6 +250,18 @@ def scrape_prometheus(port: int) -> dict[str, float]:
                 key = f"rpc_seconds:{sample.labels.get('method')}"
             elif sample.name == "payauth_rpc_latency_seconds_count":
                 key = f"rpc_count:{sample.labels.get('method')}"
+            elif sample.name == "payauth_rpc_latency_seconds_bucket":
+                key = f"rpc_le:{sample.labels.get('method')}:{sample.labels.get('le')}"
+            elif sample.name == "payauth_redis_latency_seconds_bucket":
+                key = f"redis_le:{sample.labels.get('operation')}:{sample.labels.get('le')}"
+            elif sample.name == "payauth_event_loop_lag_seconds_bucket":
+                key = f"loop_lag_le:{sample.labels.get('le')}"
+            elif sample.name == "payauth_gc_pause_seconds_bucket":
+                key = f"gc_le:{sample.labels.get('le')}"
+            elif sample.name == "payauth_gc_pause_seconds_sum":
+                key = f"gc_seconds:{sample.labels.get('generation')}"
+            elif sample.name == "payauth_gc_pause_seconds_count":
+                key = f"gc_count:{sample.labels.get('generation')}"
             else:
                 continue
             values[key] = values.get(key, 0.0) + sample.value
