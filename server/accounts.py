@@ -111,7 +111,8 @@ class Accounts:
         token = request.card_token
         pan_hash = self._pans.hash(request.pan) if request.pan else ""
         if pan_hash:
-            owner = await self._store.card_token_for_pan(pan_hash)
+            entry = await self._store.card_for_pan(pan_hash)
+            owner = entry[0] if entry else None
             if owner and token and owner != token:
                 raise AlreadyExistsError("pan is registered to another card",
                                     [("pan", "is registered to another card")])

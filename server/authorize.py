@@ -126,10 +126,11 @@ class AuthorizePipeline:
         reference = f"pan:{pan_hash}" if pan_hash else f"tok:{request.card_token}"
         fingerprint = request_fingerprint(request, pan_hash)
 
-        for _ in range(2):
+        for attempt in range(2):
             route = self._routes.get(reference)
             if route is None:
-                route = await self._look_up(request.card_token, pan_hash)
+                route = await self._look_up(request.card_token, pan_hash,
+                                            trust_index=attempt == 0)
                 if route is None:
                     return await self._unknown_card(request, fingerprint, now)
             link = self._links.get(route.account_id)
@@ -159,11 +160,19 @@ class AuthorizePipeline:
         program = versions.at(at_ms)
         return program.day_of(at_ms), program.qualification_days
 
-    async def _look_up(self, card_token: str, pan_hash: str | None) -> CardRoute | None:
+    async def _look_up(self, card_token: str, pan_hash: str | None,
+                       trust_index: bool = True) -> CardRoute | None:
+        """Where a card's authorizations go, from Redis: one round trip (the card, or the
+        PAN index, which names the account too), two for a PAN whose index entry predates
+        the account in it, or when `trust_index` is off (the retry after a stale route: the
+        card itself is the authority on its account)."""
         if pan_hash is not None:
-            card_token = await self._store.card_token_for_pan(pan_hash) or ""
-            if not card_token:
+            entry = await self._store.card_for_pan(pan_hash)
+            if entry is None:
                 return None
+            card_token, account_id = entry
+            if account_id is not None and trust_index:
+                return CardRoute(card_token, account_id)
         account_id = await self._store.card_account(card_token)
         return CardRoute(card_token, account_id) if account_id else None
 

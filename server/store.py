@@ -154,6 +154,15 @@ def _s(value: bytes | None) -> str:
     return value.decode() if value is not None else ""
 
 
+def _pan_entry(value: bytes | None) -> tuple[str, str | None] | None:
+    """A PAN index value as (card token, account id): "<token> <account_id>", or the token
+    alone as entries written before the index carried the account (None then)."""
+    if value is None:
+        return None
+    token, _, account_id = value.decode().partition(" ")
+    return token, account_id or None
+
+
 def _card(token: str, fields: list[bytes | None]) -> CardRecord | None:
     account_id, status, year, month, pan_hash = fields
     if account_id is None:
@@ -375,10 +384,12 @@ class Store:
         (value,) = await self.batch([("HGET", keys.card(card_token), "account_id")])
         return value.decode() if value is not None else None
 
-    async def card_token_for_pan(self, pan_hash: str) -> str | None:
-        """The token of the card registered for a PAN hash, or None."""
+    async def card_for_pan(self, pan_hash: str) -> tuple[str, str | None] | None:
+        """The card registered for a PAN hash, as (card token, the account the index names,
+        None in an entry older than the account in it), or None (through the shared
+        pipeline: a worker asks once per PAN it has not seen yet)."""
         (value,) = await self.batch([("GET", keys.pan_index(pan_hash))])
-        return value.decode() if value is not None else None
+        return _pan_entry(value)
 
     async def read_authorization(
         self,
@@ -426,6 +437,7 @@ class Store:
         link = None
         if acct_f[len(_ACCOUNT_FIELDS)] is not None:
             link = (acct_f[-2].decode(), acct_f[-1].decode())
+        pan_entry = _pan_entry(replies[4]) if pan_hash is not None else None
         return AuthorizationSnapshot(
             card=_card(card_token, card_f),
             account=_account(account_id, acct_f[:len(_ACCOUNT_FIELDS)]),
@@ -434,7 +446,7 @@ class Store:
             claim_fingerprint=_s(claim_f[0]) or None,
             claim_answer=claim_answer,
             reversed_early=claim_f[3] is not None,
-            pan_token=_s(replies[4]) or None if pan_hash is not None else None,
+            pan_token=pan_entry[0] if pan_entry else None,
             loyalty_link=link,
             member=replies[-1] if member is not None else None,
         )
@@ -555,10 +567,14 @@ class Store:
         return _card(card_token, await self.client.hmget(keys.card(card_token), _CARD_FIELDS))
 
     async def put_card(self, card: CardRecord) -> None:
-        """Write a card and, when it has a PAN hash, point the PAN index at it.
+        """Write a card and, when it has a PAN hash, point the PAN index at it and its
+        account ("<token> <account_id>": an authorization by a PAN its worker has not seen
+        learns where to go in one lookup instead of two).
 
         The card is written first: a crash between the two writes leaves a card
-        nobody finds by PAN yet, which the issuer's retry of the upsert repairs.
+        nobody finds by PAN yet (or, for a card moved to another account, an index naming
+        the old account, which the read pipeline sees as a stale route), which the
+        issuer's retry of the upsert repairs.
         """
         await self.client.hset(keys.card(card.card_token), mapping={
             "account_id": card.account_id,
@@ -568,7 +584,8 @@ class Store:
             "pan_hash": card.pan_hash,
         })
         if card.pan_hash:
-            await self.client.set(keys.pan_index(card.pan_hash), card.card_token)
+            await self.client.set(keys.pan_index(card.pan_hash),
+                                  f"{card.card_token} {card.account_id}")
 
     async def set_card_status(self, card_token: str, status: int, reason: str,
                               now_ms: int) -> None:

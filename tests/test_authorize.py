@@ -4,10 +4,14 @@ partial approvals, currencies of every exponent, idempotency."""
 from __future__ import annotations
 
 import pytest
+import redis
 
 from payauth.clients import AcquirerClient, AlreadyExistsError, IssuerClient
+from payauth.server import keys
+from payauth.server.pan import PanHasher, load_or_create_key
 from payauth.v1 import common_pb2, issuer_pb2
 from tests.conftest import authorize_request, issue_card, open_account, random_pan, unique
+from tests.servers import PayauthProcess
 
 APPROVE, DECLINE = common_pb2.DECISION_APPROVE, common_pb2.DECISION_DECLINE
 
@@ -214,6 +218,45 @@ def test_card_moved_to_another_account_is_followed(issuer: IssuerClient,
         assert acquirer.authorize(authorize_request(card_token=card, amount_minor=1_000)
                                   ).iso_response_code == "00"
     assert available(issuer, second) == 1_000
+
+
+def test_card_moved_to_another_account_is_followed_by_pan(issuer: IssuerClient,
+                                                          acquirer: AcquirerClient) -> None:
+    """The PAN index names the card's account too; when the card moves, a worker that
+    remembers the old route, or reads the index between the card's write and the index's,
+    still reaches the new account."""
+    first, second = open_account(issuer, 1_000), open_account(issuer, 5_000)
+    pan = random_pan()
+    card = issue_card(issuer, first, pan=pan)
+    assert acquirer.authorize(authorize_request(pan=pan, amount_minor=1_000)
+                              ).iso_response_code == "00"
+    issuer.upsert_card(issuer_pb2.UpsertCardRequest(
+        card_token=card, account_id=second, status=common_pb2.CARD_STATUS_ACTIVE,
+        expiry_year=2099, expiry_month=12))
+    for _ in range(4):
+        assert acquirer.authorize(authorize_request(pan=pan, amount_minor=1_000)
+                                  ).iso_response_code == "00"
+    assert available(issuer, second) == 1_000
+
+
+def test_pan_index_entries_naming_the_card_alone_still_route(
+        payauth: PayauthProcess, redis_client: redis.Redis, issuer: IssuerClient,
+        acquirer: AcquirerClient) -> None:
+    """An index entry written before it carried the account ("<token>") is followed
+    through the card; one naming the wrong account ("<token> <old account>", a card moved
+    while its index was being rewritten) is corrected by the card."""
+    hasher = PanHasher(load_or_create_key(payauth.data_dir / "pan.key", create=False))
+    for entry in ("{token}", "{token} acct-that-is-not-this-cards"):
+        account = open_account(issuer, 5_000)
+        pan = random_pan()
+        token = issue_card(issuer, account, pan=pan)
+        index = keys.pan_index(hasher.hash(pan))
+        assert redis_client.get(index) == f"{token} {account}".encode()
+        redis_client.set(index, entry.format(token=token))
+        for _ in range(3):  # a first sighting on either worker, then remembered routes
+            assert acquirer.authorize(authorize_request(pan=pan, amount_minor=1_000)
+                                      ).iso_response_code == "00"
+        assert available(issuer, account) == 2_000
 
 
 def test_points_payments_need_a_loyalty_member(issuer: IssuerClient,
