@@ -185,6 +185,7 @@ class Harness:
         self.compactions = 0  # AOF rewrites the harness asked for between phases
         self.compact_s = 0.0
         self.compact_cpu_s = 0.0  # their children's CPU
+        self.compact_base_bytes = 0  # the last rewrite's file
         self.cpu_groups: dict[str, list[int]] = {}
         self.connection_split: dict[str, list[int]] = {}
         self.data: dataset.DataSet | None = None
@@ -378,6 +379,7 @@ class Harness:
                 break
         self.compact_s += time.perf_counter() - started
         self.compact_cpu_s += _children_cpu(self.redis) - cpu_before
+        self.compact_base_bytes = int(info.get("aof_base_size", 0))
 
     def _run(self, mode: str, level: str, op: str, args: dict[str, Any],
              offered: float | None) -> Phase:
@@ -598,7 +600,8 @@ class Harness:
                 "aof_compacted_between_phases": {"enabled": not a.no_compact,
                                                  "rewrites": self.compactions,
                                                  "seconds": round(self.compact_s, 1),
-                                                 "cpu_seconds": round(self.compact_cpu_s, 1)},
+                                                 "cpu_seconds": round(self.compact_cpu_s, 1),
+                                                 "last_base_bytes": self.compact_base_bytes},
                 "run_id": self.run_id, "load_seconds": round(self.load_s, 1),
                 "connections_per_worker": self.connection_split,
                 "elapsed_seconds": round(elapsed_s, 1),
