@@ -204,37 +204,23 @@ def test_same_request_id_with_another_body_is_refused(issuer: IssuerClient,
     assert available(issuer, account) == 9_000
 
 
+@pytest.mark.parametrize("by_pan", [False, True], ids=["token", "pan"])
 def test_card_moved_to_another_account_is_followed(issuer: IssuerClient,
-                                                   acquirer: AcquirerClient) -> None:
+                                                   acquirer: AcquirerClient,
+                                                   by_pan: bool) -> None:
+    """By token (the card names its account) and by PAN (so does the PAN index)."""
     first, second = open_account(issuer, 1_000), open_account(issuer, 5_000)
-    card = issue_card(issuer, first)
-    assert acquirer.authorize(authorize_request(card_token=card, amount_minor=1_000)
+    pan = random_pan() if by_pan else ""
+    card = issue_card(issuer, first, pan=pan)
+    reference = {"pan": pan} if by_pan else {"card_token": card}
+    assert acquirer.authorize(authorize_request(**reference, amount_minor=1_000)
                               ).iso_response_code == "00"
     issuer.upsert_card(issuer_pb2.UpsertCardRequest(
         card_token=card, account_id=second, status=common_pb2.CARD_STATUS_ACTIVE,
         expiry_year=2099, expiry_month=12))
     # Both workers may remember the old account; every request must reach the new one.
     for _ in range(4):
-        assert acquirer.authorize(authorize_request(card_token=card, amount_minor=1_000)
-                                  ).iso_response_code == "00"
-    assert available(issuer, second) == 1_000
-
-
-def test_card_moved_to_another_account_is_followed_by_pan(issuer: IssuerClient,
-                                                          acquirer: AcquirerClient) -> None:
-    """The PAN index names the card's account too; when the card moves, a worker that
-    remembers the old route, or reads the index between the card's write and the index's,
-    still reaches the new account."""
-    first, second = open_account(issuer, 1_000), open_account(issuer, 5_000)
-    pan = random_pan()
-    card = issue_card(issuer, first, pan=pan)
-    assert acquirer.authorize(authorize_request(pan=pan, amount_minor=1_000)
-                              ).iso_response_code == "00"
-    issuer.upsert_card(issuer_pb2.UpsertCardRequest(
-        card_token=card, account_id=second, status=common_pb2.CARD_STATUS_ACTIVE,
-        expiry_year=2099, expiry_month=12))
-    for _ in range(4):
-        assert acquirer.authorize(authorize_request(pan=pan, amount_minor=1_000)
+        assert acquirer.authorize(authorize_request(**reference, amount_minor=1_000)
                                   ).iso_response_code == "00"
     assert available(issuer, second) == 1_000
 

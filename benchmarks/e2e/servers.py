@@ -233,37 +233,36 @@ class Counters:
     latest_fork_usec: int = 0  # how long the last fork held Redis's main thread
 
 
+# The payauth samples the benchmark reads: metric sample -> (key prefix, the labels that
+# complete the key); samples with the same key (other labels, other workers) are summed.
+_SCRAPED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "payauth_redis_latency_seconds_count": ("redis", ("operation",)),
+    "payauth_redis_latency_seconds_sum": ("redis_seconds", ("operation",)),
+    "payauth_redis_latency_seconds_bucket": ("redis_le", ("operation", "le")),
+    "payauth_rpc_requests_total": ("rpc", ("method",)),
+    "payauth_rpc_latency_seconds_sum": ("rpc_seconds", ("method",)),
+    "payauth_rpc_latency_seconds_count": ("rpc_count", ("method",)),
+    "payauth_rpc_latency_seconds_bucket": ("rpc_le", ("method", "le")),
+    "payauth_event_loop_lag_seconds_bucket": ("loop_lag_le", ("le",)),
+    "payauth_gc_pause_seconds_bucket": ("gc_le", ("le",)),
+    "payauth_gc_pause_seconds_sum": ("gc_seconds", ("generation",)),
+    "payauth_gc_pause_seconds_count": ("gc_count", ("generation",)),
+}
+
+
 def scrape_prometheus(port: int) -> dict[str, float]:
-    """The payauth counters the benchmark uses, from /metrics (summed over workers)."""
+    """The payauth counters the benchmark uses, from /metrics (summed over workers), keyed
+    like "redis:authorize_read" or "rpc_le:Authorize:0.005"."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         text = reply.read().decode()
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "payauth_redis_latency_seconds_count":
-                key = f"redis:{sample.labels.get('operation')}"
-            elif sample.name == "payauth_redis_latency_seconds_sum":
-                key = f"redis_seconds:{sample.labels.get('operation')}"
-            elif sample.name == "payauth_rpc_requests_total":
-                key = f"rpc:{sample.labels.get('method')}"
-            elif sample.name == "payauth_rpc_latency_seconds_sum":
-                key = f"rpc_seconds:{sample.labels.get('method')}"
-            elif sample.name == "payauth_rpc_latency_seconds_count":
-                key = f"rpc_count:{sample.labels.get('method')}"
-            elif sample.name == "payauth_rpc_latency_seconds_bucket":
-                key = f"rpc_le:{sample.labels.get('method')}:{sample.labels.get('le')}"
-            elif sample.name == "payauth_redis_latency_seconds_bucket":
-                key = f"redis_le:{sample.labels.get('operation')}:{sample.labels.get('le')}"
-            elif sample.name == "payauth_event_loop_lag_seconds_bucket":
-                key = f"loop_lag_le:{sample.labels.get('le')}"
-            elif sample.name == "payauth_gc_pause_seconds_bucket":
-                key = f"gc_le:{sample.labels.get('le')}"
-            elif sample.name == "payauth_gc_pause_seconds_sum":
-                key = f"gc_seconds:{sample.labels.get('generation')}"
-            elif sample.name == "payauth_gc_pause_seconds_count":
-                key = f"gc_count:{sample.labels.get('generation')}"
-            else:
+            scraped = _SCRAPED.get(sample.name)
+            if scraped is None:
                 continue
+            prefix, labels = scraped
+            key = ":".join([prefix, *(str(sample.labels.get(label)) for label in labels)])
             values[key] = values.get(key, 0.0) + sample.value
     return values
 
