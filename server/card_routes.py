@@ -29,7 +29,7 @@ class CardRoutes:
     The routes are kept as plain tuples of two strings, which the garbage collector
     stops tracking after their first collection: a full map is a million entries that
     live as long as the worker, and a full collection walked every one of them while
-    the event loop waited (93 ms with a million CardRoute objects; 0.1 ms as tuples).
+    the event loop waited (93 ms with a million CardRoute objects; 0.7 ms as tuples).
     """
 
     __slots__ = ("_routes", "_capacity")

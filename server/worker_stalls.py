@@ -6,7 +6,8 @@ the loop being late: too much work queued on it, a callback that ran long, or Py
 cyclic garbage collector stopping the world. Two histograms tell them apart at 3 a.m.:
 
 - `payauth_event_loop_lag_seconds`: how late a timer set every `LAG_PROBE_S` fired. It
-  measures what any callback ready at that moment waited.
+  measures what any callback ready at that moment waited. uvloop's clock and timers count
+  whole milliseconds, so a lag under a millisecond is below what the probe resolves.
 - `payauth_gc_pause_seconds{generation}`: each collection's duration, from `gc.callbacks`.
 """
 
