@@ -679,32 +679,30 @@ def _stalls(before: Counters, after: Counters) -> dict[str, Any]:
                  if k.startswith(prefix)]
         return sorted(found)
 
-    def bound_ms(le: float) -> float | None:
-        return None if le == float("inf") else round(le * 1000, 2)
-
-    def p99(prefix: str) -> float | None:
+    def bound_ms(prefix: str, share: float) -> float | None:
+        """The bucket bound (ms) under which `share` of the phase's samples fell; None
+        without samples or above the last finite bucket."""
         found = buckets(prefix)
         if not found or found[-1][1] <= 0:
             return None
-        return bound_ms(next(le for le, n in found if n >= 0.99 * found[-1][1]))
+        le = next(le for le, n in found if n >= share * found[-1][1])
+        return None if le == float("inf") else round(le * 1000, 2)
 
     stalls: dict[str, Any] = {
         "server_p99_ms_at_most": {
-            name: p99(prefix) for name, prefix in (
+            name: bound_ms(prefix, 0.99) for name, prefix in (
                 ("Authorize", "rpc_le:Authorize:"),
                 ("AuthorizeStream_message", "rpc_le:AuthorizeStream:"),
                 ("read_pipeline", "redis_le:authorize_read:"),
                 ("commit", "redis_le:authorize_commit:"))}}
     lag = buckets("loop_lag_le:")
     if lag and lag[-1][1] > 0:
-        total = lag[-1][1]
-        stalls["loop_lag_p99_ms_at_most"] = bound_ms(next(le for le, n in lag
-                                                          if n >= 0.99 * total))
-        stalls["loop_lag_worst_ms_at_most"] = bound_ms(next(le for le, n in lag if n >= total))
-        stalls["loop_probes"] = int(total)
+        stalls["loop_lag_p99_ms_at_most"] = bound_ms("loop_lag_le:", 0.99)
+        stalls["loop_lag_worst_ms_at_most"] = bound_ms("loop_lag_le:", 1.0)
+        stalls["loop_probes"] = int(lag[-1][1])
     gcs = buckets("gc_le:")
     if gcs and gcs[-1][1] > 0:
-        stalls["gc_worst_ms_at_most"] = bound_ms(next(le for le, n in gcs if n >= gcs[-1][1]))
+        stalls["gc_worst_ms_at_most"] = bound_ms("gc_le:", 1.0)
         stalls["gc_collections"] = {g: int(delta(f"gc_count:{g}")) for g in "012"}
         stalls["gc_ms"] = {g: round(delta(f"gc_seconds:{g}") * 1000, 1) for g in "012"}
     return stalls
