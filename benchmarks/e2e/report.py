@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("mode", "load", "offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms",
-           "max ms", "lag p99", "n", "failed", "forks", "cpu us/req srv+redis")
-WIDTHS = (10, 13, 9, 10, 8, 8, 9, 8, 7, 7, 6, 5, 20)
+           "max ms", "lag p99", "n", "failed", "forks", "stolen", "cpu us/req srv+redis")
+WIDTHS = (12, 13, 9, 10, 8, 8, 9, 8, 7, 7, 6, 5, 6, 20)
 
 
 def _line(values: tuple[str, ...]) -> str:
@@ -28,7 +28,8 @@ def header() -> str:
 def row(phase: Any) -> str:
     """One phase as a table row (`phase` is run.Phase)."""
     cpu = phase.cpu_us_per_request
-    server = {"empty_redis": "empty_redis", "authorize_b": "payauth_b"}.get(
+    server = {"empty_redis": "empty_redis", "authorize_b": "payauth_b",
+              "stream_b": "payauth_b"}.get(
         phase.mode, "empty" if phase.mode.startswith("empty") else "payauth")
     cpu_text = f"{cpu.get(server, 0.0):.0f}" + (f"+{cpu.get('redis', 0.0):.0f}"
                                                 if server != "empty" else "")
@@ -38,7 +39,9 @@ def row(phase: Any) -> str:
         f"{phase.p99:.2f}", f"{phase.p999:.2f}", f"{phase.max:.1f}",
         "-" if phase.send_lag_ms is None else f"{phase.send_lag_ms['p99']:.2f}",
         str(phase.completed),
-        str(phase.incomplete + phase.errors), str(phase.redis_forks), cpu_text,
+        str(phase.incomplete + phase.errors), str(phase.redis_forks),
+        "-" if phase.cpu_stolen_share is None else f"{100 * phase.cpu_stolen_share:.0f}%",
+        cpu_text,
     ))
 
 
@@ -67,6 +70,25 @@ def summary(doc: dict[str, Any]) -> str:
             f"{m} {c['server']:.0f}" + (f" (workers {c['workers']:.0f} + redis {c['redis']:.0f})"
                                          if "workers" in c else "")
             for m, c in cpu.items()) + f"; empty/authorize {doc['cpu_ratio_authorize_to_empty']}")
+    if doc.get("cpu_ratio_stream_to_authorize_rounds"):
+        lines.append("server CPU per Authorize over per stream message, by round (the "
+                     "stream/authorize ratio of a server with the cores to itself): " + ", ".join(
+                         f"{r:.3f}" for r in doc["cpu_ratio_stream_to_authorize_rounds"]))
+    own = doc.get("payauth_own_us_per_request")
+    if own:
+        lines.append("payauth's own worker CPU per request (its workers' less the empty "
+                     "handler's for the same kind of call, us): "
+                     + ", ".join(f"{m} {v:.0f}" for m, v in own.items()))
+    switches = doc.get("switches_per_request_at_saturation")
+    if switches:
+        lines.append("context switches per request at saturation (server / redis / clients): "
+                     + ", ".join(f"{m} " + " / ".join(
+                         f"{c[k]:.1f}" if k in c else "-" for k in ("server", "redis", "clients"))
+                         for m, c in switches.items()))
+    stolen = doc.get("cpu_stolen_share", {})
+    if stolen.get("median") is not None:
+        lines.append(f"CPU stolen by the hypervisor during the phases: median "
+                     f"{100 * stolen['median']:.0f} %, worst {100 * stolen['max']:.0f} %")
     if "round_trips_per_authorize" in r:
         lines.append(
             f"Redis per authorization ({r['authorizations']} decisions): "
@@ -120,7 +142,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     styles = {"p50": ("-", "o"), "p99": ("--", "s"), "p999": (":", "^")}
     colours = {"empty": "tab:gray", "authorize": "tab:blue", "stream": "tab:orange",
                "empty_stream": "tab:green", "empty_redis": "tab:purple",
-               "authorize_b": "tab:cyan"}
+               "authorize_b": "tab:cyan", "stream_b": "tab:red"}
     for mode, levels in doc["latency_ms"].items():
         points = sorted(levels.values(), key=lambda e: e["offered_rps"])
         xs = [p["offered_rps"] for p in points]

@@ -56,7 +56,9 @@ from benchmarks.e2e.servers import (  # noqa: E402
     Counters,
     ServerProcess,
     connections_by_worker,
+    context_switches,
     cpu_seconds,
+    cpu_ticks,
     empty_server,
     payauth_server,
     snapshot,
@@ -70,10 +72,11 @@ MODES: dict[str, tuple[str, bool]] = {
     "empty_stream": ("empty", True),
     "empty_redis": ("empty_redis", False),
     "authorize_b": ("payauth_b", False),
+    "stream_b": ("payauth_b", True),
 }
 # What the empty_redis handler waits for per call: the round trips of an Authorize (brief §4).
 EMPTY_REDIS_ROUND_TRIPS = 2
-DEFAULT_MODES = ("empty", "empty_redis", "authorize", "stream")
+DEFAULT_MODES = ("empty", "empty_redis", "empty_stream", "authorize", "stream")
 DEFAULT_LEVELS = (25, 50, 75, 90, 100)
 # The load the latency targets are set at, in percent of Authorize's saturation.
 TARGET_PERCENT = 50
@@ -108,6 +111,12 @@ class Phase:
     # the child takes a core for a while, so a level's tail can be theirs.
     redis_forks: int = 0
     redis_fork_ms: float | None = None  # the last one's fork time
+    # Context switches per request of each process group (every thread): each one a thread
+    # put to sleep and woken, the cost that per-message transports pay in wake-ups.
+    switches_per_request: dict[str, float] = field(default_factory=dict)
+    # The share of the machine's CPU time the hypervisor gave to other guests during the
+    # phase: on a shared host, why the same code measures slower in one run than another.
+    cpu_stolen_share: float | None = None
 
     def cores_busy(self) -> float | None:
         """An open-loop level's CPU (servers, Redis, clients) per second of it: the load in
@@ -124,6 +133,7 @@ class Phase:
                 "p50": self.p50, "p99": self.p99, "p999": self.p999, "max": self.max,
                 "failed": self.errors + self.incomplete, "send_lag_ms": self.send_lag_ms,
                 "redis_forks": self.redis_forks, "cores_busy": self.cores_busy(),
+                "cpu_stolen_share": self.cpu_stolen_share,
                 **({"stalls": self.stalls} if self.stalls else {})}
 
 
@@ -187,6 +197,7 @@ class Harness:
         self.compact_cpu_s = 0.0  # their children's CPU
         self.compact_base_bytes = 0  # the last rewrite's file
         self.cpu_groups: dict[str, list[int]] = {}
+        self.redis_pids: list[int] = []  # the embedded Redis (an external one is not ours)
         self.connection_split: dict[str, list[int]] = {}
         self.data: dataset.DataSet | None = None
 
@@ -212,12 +223,14 @@ class Harness:
             self.other_servers["payauth_b"], _ = payauth_server(
                 self.folder, a.workers, url, a.pan_key_file or self.folder / "payauth" / "pan.key",
                 [*a.serve_arg, *a.ab_serve_arg], name="payauth_b")
+            self.other_servers["payauth_b"].extra_env = dict(a.ab_serve_env)
             self.other_servers["payauth_b"].spawn()
         for server in self.other_servers.values():
             server.wait_serving()
         self.redis = redis.Redis.from_url(url, socket_timeout=10)
         tree = self.payauth.tree()
         self.cpu_groups["payauth"] = [p for p, name in tree.items() if name != "redis-server"]
+        self.redis_pids = [p for p, name in tree.items() if name == "redis-server"]
         for name, server in self.other_servers.items():
             self.cpu_groups[name] = [p for p, command in server.tree().items()
                                      if command != "redis-server"]
@@ -335,6 +348,14 @@ class Harness:
                 "used_cpu_sys_children"))
         return cpu
 
+    def _switches(self) -> dict[str, int]:
+        """Context switches so far of each process group: the servers, Redis (when
+        embedded) and the client processes."""
+        groups = {**self.cpu_groups, "clients": [p.pid for p in self.clients if p.pid]}
+        if self.redis_pids:
+            groups["redis"] = self.redis_pids
+        return {name: context_switches(pids) for name, pids in groups.items()}
+
     def _settle(self, limit_s: float = 10.0) -> None:
         """Wait until the servers are quiet (under a tenth of a core), so that the backlog of
         one phase never runs into the next."""
@@ -396,7 +417,7 @@ class Harness:
         worker_cpu_before = [cpu_seconds([pid]) for pid in workers]
         args = {"server": server, "stream": streaming, **args}
         before = snapshot(self.metrics_port, self.redis)
-        cpu_before = self._cpu()
+        cpu_before, switches_before, ticks_before = self._cpu(), self._switches(), cpu_ticks()
         for conn in self.conns:
             conn.send({"op": op, "args": args})
         if op == "open":
@@ -407,7 +428,7 @@ class Harness:
             for conn in self.conns:
                 conn.send(t0)
         results: list[PhaseResult] = [conn.recv() for conn in self.conns]
-        cpu_after = self._cpu()
+        cpu_after, switches_after, ticks_after = self._cpu(), self._switches(), cpu_ticks()
         worker_cpu = [cpu_seconds([pid]) - b for pid, b in zip(workers, worker_cpu_before,
                                                                strict=True)]
         after = snapshot(self.metrics_port, self.redis)
@@ -427,6 +448,12 @@ class Harness:
                 for name in cpu_before}
             phase.cpu_us_per_request["clients"] = round(
                 sum(r.cpu_s for r in results) * 1e6 / phase.completed, 1)
+            phase.switches_per_request = {
+                name: round((switches_after[name] - switches_before[name]) / phase.completed, 2)
+                for name in switches_before}
+        if ticks_after[1] > ticks_before[1]:
+            phase.cpu_stolen_share = round(
+                (ticks_after[0] - ticks_before[0]) / (ticks_after[1] - ticks_before[1]), 3)
         self.phases.append(phase)
         print(report.row(phase), flush=True)
         return phase
@@ -497,6 +524,16 @@ class Harness:
                     strict=False)
         return [r for a, b in pairs if (r := _ratio(a.achieved_rps, b.achieved_rps))]
 
+    def _cpu_ratios(self, mode: str, base: str) -> list[float]:
+        """`base`'s server CPU (workers and Redis) per request over `mode`'s, round by round:
+        the throughput ratio `mode / base` a server with the cores to itself would reach."""
+        def server(phase: Phase) -> float:
+            c = phase.cpu_us_per_request
+            return c.get(MODES[phase.mode][0], 0.0) + c.get("redis", 0.0)
+        pairs = zip(self.saturation_rounds.get(mode, []),
+                    self.saturation_rounds.get(base, []), strict=False)
+        return [r for a, b in pairs if (r := _ratio(server(b), server(a)))]
+
     def _idle_window(self, seconds: float) -> None:
         """Counters over a window without traffic: the Redis traffic of the server at rest."""
         before = snapshot(self.metrics_port, self.redis)
@@ -542,9 +579,9 @@ class Harness:
             "authorize_to_empty": self._round_ratios("authorize", "empty"),
             "stream_to_authorize": self._round_ratios("stream", "authorize"),
         }
-        if "authorize_b" in self.saturation_rounds:
-            ratio_rounds["authorize_b_to_authorize"] = self._round_ratios("authorize_b",
-                                                                          "authorize")
+        for mode in ("authorize", "stream"):
+            if f"{mode}_b" in self.saturation_rounds:
+                ratio_rounds[f"{mode}_b_to_{mode}"] = self._round_ratios(f"{mode}_b", mode)
         if "empty_redis" in self.saturation_rounds:
             ratio_rounds["empty_redis_to_empty"] = self._round_ratios("empty_redis", "empty")
             ratio_rounds["authorize_to_empty_redis"] = self._round_ratios("authorize",
@@ -565,6 +602,11 @@ class Harness:
                 cpu[mode] = {"server": round(c.get(name, 0.0) + c.get("redis", 0.0), 1),
                              "workers": c.get(name, 0.0), "redis": c.get("redis", 0.0)}
             cpu[mode]["clients"] = c.get("clients", 0.0)
+        switches = {mode: {("server" if name == MODES[mode][0] else name): value
+                           for name, value in detail["switches_per_request"].items()
+                           if name in (MODES[mode][0], "redis", "clients")}
+                    for mode, detail in saturation_detail.items()}
+        stolen = [p.cpu_stolen_share for p in self.phases if p.cpu_stolen_share is not None]
         doc: dict[str, Any] = {
             "saturation_rps": sat,
             # ratio_authorize_to_empty, ratio_stream_to_authorize, and those of the other
@@ -578,6 +620,16 @@ class Harness:
             "cpu_us_per_request_at_saturation": cpu,
             "cpu_ratio_authorize_to_empty": _ratio(cpu.get("empty", {}).get("server"),
                                                    cpu.get("authorize", {}).get("server")),
+            # Authorize's server CPU over a stream message's, round by round: the ratio the
+            # stream would reach if the server had the cores to itself.
+            "cpu_ratio_stream_to_authorize_rounds": self._cpu_ratios("stream", "authorize"),
+            "payauth_own_us_per_request": _own_work(cpu),
+            "switches_per_request_at_saturation": switches,
+            "cpu_stolen_share": {
+                "median": round(statistics.median(stolen), 3) if stolen else None,
+                "max": max(stolen, default=None),
+                "saturation_rounds": {m: [p.cpu_stolen_share for p in rounds]
+                                      for m, rounds in self.saturation_rounds.items()}},
             "targets": _targets(ratios, latency),
             "latency_floor_ms": _floor(latency),
             "phases": [asdict(p) for p in self.phases],
@@ -596,6 +648,7 @@ class Harness:
                 "stream_window": a.stream_window, "drain_seconds": a.drain,
                 "redis": "external" if a.redis_url else "embedded (unix socket, AOF always)",
                 "serve_args": a.serve_arg, "ab_serve_args": a.ab_serve_arg,
+                "ab_serve_env": dict(a.ab_serve_env),
                 "quick": a.quick, "seed": a.seed,
                 "aof_compacted_between_phases": {"enabled": not a.no_compact,
                                                  "rewrites": self.compactions,
@@ -706,6 +759,16 @@ def _stalls(before: Counters, after: Counters) -> dict[str, Any]:
         stalls["gc_collections"] = {g: int(delta(f"gc_count:{g}")) for g in "012"}
         stalls["gc_ms"] = {g: round(delta(f"gc_seconds:{g}") * 1000, 1) for g in "012"}
     return stalls
+
+
+def _own_work(cpu: dict[str, dict[str, float]]) -> dict[str, float]:
+    """payauth's own worker CPU per request at saturation: its workers' less the empty
+    handler's for the same kind of call (unary against unary, stream message against stream
+    message), when both ran. What is left is the decision's work, its Redis client and, for
+    the stream, the handler's own bookkeeping; the stack's share and Redis's are not in it."""
+    twins = {"authorize": "empty", "stream": "empty_stream"}
+    return {mode: round(cpu[mode]["workers"] - cpu[empty]["server"], 1)
+            for mode, empty in twins.items() if mode in cpu and empty in cpu}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -849,6 +912,14 @@ def resolve_harness_defaults(args: argparse.Namespace) -> None:
     args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.5)
 
 
+def _environment_setting(text: str) -> tuple[str, str]:
+    """`NAME=VALUE` as a pair, for --ab-serve-env."""
+    name, equals, value = text.partition("=")
+    if not name or not equals:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line; --quick shrinks the data set and the phases for a smoke run."""
     cores = os.cpu_count() or 1
@@ -881,6 +952,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="mode authorize_b: a second payauth serve on the same Redis and data, "
                         "with this extra argument (repeat for several), so a setting is "
                         "compared with the default in one run")
+    p.add_argument("--ab-serve-env", action="append", default=[], metavar="NAME=VALUE",
+                   type=_environment_setting,
+                   help="modes authorize_b, stream_b: an environment variable for the second "
+                        "payauth serve only (repeat for several)")
     p.add_argument("--rounds", type=int, default=None,
                    help="saturation rounds, every mode once in each, in a rotating order; "
                         "figures are medians over the rounds (default 3, quick 1)")

@@ -3,8 +3,9 @@
 `payauth serve` and the empty handler each run as their own process tree on free loopback
 ports under a temporary folder, with their output in a log file there. Between phases the
 harness reads three things from outside the servers (so measuring costs them nothing extra):
-the CPU time of every process of a tree (/proc), payauth's Prometheus endpoint, and Redis's
-`INFO commandstats` / `INFO stats`.
+the CPU time and context switches of every process of a tree (/proc), payauth's Prometheus
+endpoint, and Redis's `INFO commandstats` / `INFO stats`; and, from the kernel, the machine's
+CPU time stolen by the hypervisor.
 """
 
 from __future__ import annotations
@@ -165,6 +166,35 @@ def cpu_seconds(pids: list[int]) -> float:
         if (fields := _stat(pid)) is not None:
             total += int(fields[12]) + int(fields[13])  # utime, stime (fields 14 and 15)
     return total / CLOCK_TICKS
+
+
+def context_switches(pids: list[int]) -> int:
+    """Context switches, voluntary and not, of every thread of these processes (those still
+    alive). A process's own status counts its main thread only, so each thread is read."""
+    total = 0
+    for pid in pids:
+        try:
+            threads = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for thread in threads:
+            try:
+                status = (thread / "status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.rpartition(":")[2])
+    return total
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(stolen, all) clock ticks of the machine's CPUs since boot, from /proc/stat: the share
+    stolen is the time the hypervisor gave this VM's virtual CPUs to other guests while they
+    had work. On a shared host it moves every figure of a run; the harness records it."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+    return ticks[7], sum(ticks)
 
 
 # -- which worker holds which connection --------------------------------------------------------
