@@ -25,12 +25,10 @@ def header() -> str:
     return _line(COLUMNS) + "\n" + "-" * (sum(WIDTHS) + 2 * (len(WIDTHS) - 1))
 
 
-def row(phase: Any) -> str:
-    """One phase as a table row (`phase` is run.Phase)."""
+def row(phase: Any, server: str = "payauth") -> str:
+    """One phase as a table row (`phase` is run.Phase; `server` the name of the server its
+    mode ran on, whose CPU the last column shows)."""
     cpu = phase.cpu_us_per_request
-    server = {"empty_redis": "empty_redis", "authorize_b": "payauth_b",
-              "stream_b": "payauth_b"}.get(
-        phase.mode, "empty" if phase.mode.startswith("empty") else "payauth")
     cpu_text = f"{cpu.get(server, 0.0):.0f}" + (f"+{cpu.get('redis', 0.0):.0f}"
                                                 if server != "empty" else "")
     offered = "closed" if phase.offered_rps is None else f"{phase.offered_rps:.0f}"

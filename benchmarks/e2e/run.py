@@ -455,7 +455,7 @@ class Harness:
             phase.cpu_stolen_share = round(
                 (ticks_after[0] - ticks_before[0]) / (ticks_after[1] - ticks_before[1]), 3)
         self.phases.append(phase)
-        print(report.row(phase), flush=True)
+        print(report.row(phase, server), flush=True)
         return phase
 
     def measure_saturation(self, mode: str) -> None:
@@ -527,12 +527,10 @@ class Harness:
     def _cpu_ratios(self, mode: str, base: str) -> list[float]:
         """`base`'s server CPU (workers and Redis) per request over `mode`'s, round by round:
         the throughput ratio `mode / base` a server with the cores to itself would reach."""
-        def server(phase: Phase) -> float:
-            c = phase.cpu_us_per_request
-            return c.get(MODES[phase.mode][0], 0.0) + c.get("redis", 0.0)
         pairs = zip(self.saturation_rounds.get(mode, []),
                     self.saturation_rounds.get(base, []), strict=False)
-        return [r for a, b in pairs if (r := _ratio(server(b), server(a)))]
+        return [r for a, b in pairs if (r := _ratio(_server_us(b.mode, b.cpu_us_per_request),
+                                                    _server_us(a.mode, a.cpu_us_per_request)))]
 
     def _idle_window(self, seconds: float) -> None:
         """Counters over a window without traffic: the Redis traffic of the server at rest."""
@@ -596,11 +594,9 @@ class Harness:
         for mode, detail in saturation_detail.items():
             c = detail["cpu_us_per_request"]
             name = MODES[mode][0]
-            if name == "empty":
-                cpu[mode] = {"server": c.get("empty", 0.0)}
-            else:  # its workers and the Redis it waits for (payauth's)
-                cpu[mode] = {"server": round(c.get(name, 0.0) + c.get("redis", 0.0), 1),
-                             "workers": c.get(name, 0.0), "redis": c.get("redis", 0.0)}
+            cpu[mode] = {"server": _server_us(mode, c)}
+            if name != "empty":  # its workers and the Redis it waits for (payauth's)
+                cpu[mode].update(workers=c.get(name, 0.0), redis=c.get("redis", 0.0))
             cpu[mode]["clients"] = c.get("clients", 0.0)
         switches = {mode: {("server" if name == MODES[mode][0] else name): value
                            for name, value in detail["switches_per_request"].items()
@@ -759,6 +755,15 @@ def _stalls(before: Counters, after: Counters) -> dict[str, Any]:
         stalls["gc_collections"] = {g: int(delta(f"gc_count:{g}")) for g in "012"}
         stalls["gc_ms"] = {g: round(delta(f"gc_seconds:{g}") * 1000, 1) for g in "012"}
     return stalls
+
+
+def _server_us(mode: str, cpu_us_per_request: dict[str, float]) -> float:
+    """A phase's server CPU per request: the empty handler's workers, or the workers of a
+    server that waits for Redis (payauth, empty_redis) and that Redis."""
+    name = MODES[mode][0]
+    if name == "empty":
+        return cpu_us_per_request.get("empty", 0.0)
+    return round(cpu_us_per_request.get(name, 0.0) + cpu_us_per_request.get("redis", 0.0), 1)
 
 
 def _own_work(cpu: dict[str, dict[str, float]]) -> dict[str, float]:
