@@ -240,7 +240,7 @@ class AuthorizePipeline:
             decline(response, common_pb2.RESPONSE_CODE_12_INVALID_TRANSACTION,
                     "loyalty.increment", "an incremental authorization cannot redeem points")
             mode, authorization_id = "final", ""
-        event = _event(request, response, route, partition, now_ms)
+        base = response.SerializeToString()
         rules = self._hold_rules
         result = await self._store.commit_authorization(
             mode=mode,
@@ -259,8 +259,8 @@ class AuthorizePipeline:
             tolerance_bps=rules.tolerance_bps(request.mcc),
             authorization_id=authorization_id,
             idempotency_ttl_ms=self._idem_ttl_ms,
-            base=response.SerializeToString(),
-            event=event.SerializeToString(),
+            base=base,
+            event=decision_event_bytes(request, base, route, partition, now_ms),
             loyalty=loyalty,
         )
         return _answer(response, result)
@@ -336,11 +336,12 @@ class AuthorizePipeline:
             "card is not known to the issuer",
         )
         now_ms = int(now * 1000)
-        event = _event(request, response, None, keys.partition_of(request.request_id), now_ms)
+        base = response.SerializeToString()
         result = await self._store.record_unrouted(
             request_id=request.request_id, fingerprint=fingerprint, now_ms=now_ms,
-            idempotency_ttl_ms=self._idem_ttl_ms, base=response.SerializeToString(),
-            event=event.SerializeToString(),
+            idempotency_ttl_ms=self._idem_ttl_ms, base=base,
+            event=decision_event_bytes(request, base, None,
+                                       keys.partition_of(request.request_id), now_ms),
         )
         return _answer(response, result)
 
@@ -379,9 +380,28 @@ def _with_points(response: authorizer_pb2.AuthorizeResponse,
     return response
 
 
-def _event(request: authorizer_pb2.AuthorizeRequest, response: authorizer_pb2.AuthorizeResponse,
-           route: CardRoute | None, partition: int, now_ms: int) -> events_pb2.DecisionEvent:
-    """The decision event as far as known before the commit (which adds the funds outcome)."""
+# The DecisionEvent's `response` field as it starts on the wire (field 12, length-delimited).
+_RESPONSE_FIELD_TAG = bytes([events_pb2.DecisionEvent.RESPONSE_FIELD_NUMBER << 3 | 2])
+
+
+def _varint(value: int) -> bytes:
+    """`value` (>= 0) as a protobuf base-128 varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def decision_event_bytes(request: authorizer_pb2.AuthorizeRequest, base: bytes,
+                         route: CardRoute | None, partition: int, now_ms: int) -> bytes:
+    """The serialized decision event as far as known before the commit (which adds the
+    funds outcome), `base` being the serialized response in it.
+
+    The response is appended to the event's other fields as its encoded field (protobuf
+    parses fields in any order): setting it on a DecisionEvent copied the message and
+    serialized it a second time, for every authorization."""
     event = events_pb2.DecisionEvent(
         partition=partition,
         kind=events_pb2.EVENT_KIND_AUTHORIZATION,
@@ -393,7 +413,8 @@ def _event(request: authorizer_pb2.AuthorizeRequest, response: authorizer_pb2.Au
         amount_minor=request.amount_minor,
         currency=request.currency,
         channel=request.channel,
-        response=response,
     )
-    event.occurred_at.FromMilliseconds(now_ms)
-    return event
+    occurred_at = event.occurred_at
+    occurred_at.seconds, millis = divmod(now_ms, 1000)
+    occurred_at.nanos = millis * 1_000_000
+    return event.SerializeToString() + _RESPONSE_FIELD_TAG + _varint(len(base)) + base

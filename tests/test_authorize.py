@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from payauth.clients import AcquirerClient, AlreadyExistsError, IssuerClient
 from payauth.server import keys
+from payauth.server.authorize import decision_event_bytes
+from payauth.server.card_routes import CardRoute
 from payauth.server.pan import PanHasher, load_or_create_key
-from payauth.v1 import common_pb2, issuer_pb2
+from payauth.v1 import authorizer_pb2, common_pb2, events_pb2, issuer_pb2
 from tests.conftest import authorize_request, issue_card, open_account, random_pan, unique
 from tests.servers import PayauthProcess
 
@@ -253,3 +257,29 @@ def test_points_payments_need_a_loyalty_member(issuer: IssuerClient,
                                                payment_method=common_pb2.PAYMENT_METHOD_POINTS))
     assert got.iso_response_code == "57" and got.reasons[0].rule_id == "loyalty.not_member"
     assert available(issuer, account) == 10_000
+
+
+@settings(max_examples=200, deadline=None)
+@given(request_id=st.text(max_size=64), merchant_id=st.text(max_size=64),
+       amount=st.integers(0, 2**63 - 1), now_ms=st.integers(0, 253402300799999),
+       reasons=st.lists(st.tuples(st.text(max_size=40), st.text(max_size=200)), max_size=8),
+       risk_score=st.floats(0, 1), routed=st.booleans())
+def test_decision_event_bytes_parse_as_the_event_holding_its_response(
+        request_id: str, merchant_id: str, amount: int, now_ms: int,
+        reasons: list[tuple[str, str]], risk_score: float, routed: bool) -> None:
+    request = authorizer_pb2.AuthorizeRequest(
+        request_id=request_id, merchant_id=merchant_id, mcc="5411", amount_minor=amount,
+        currency="EUR", channel=common_pb2.CHANNEL_ECOM)
+    response = authorizer_pb2.AuthorizeResponse(request_id=request_id, currency="EUR",
+                                                risk_score=risk_score)
+    for rule_id, text in reasons:
+        response.reasons.add(rule_id=rule_id, text=text)
+    route = CardRoute("tok-1", "acct-1") if routed else None
+    expected = events_pb2.DecisionEvent(
+        partition=17, kind=events_pb2.EVENT_KIND_AUTHORIZATION, request_id=request_id,
+        account_id="acct-1" if routed else "", card_token="tok-1" if routed else "",
+        merchant_id=merchant_id, mcc="5411", amount_minor=amount, currency="EUR",
+        channel=common_pb2.CHANNEL_ECOM, response=response)
+    expected.occurred_at.FromMilliseconds(now_ms)
+    event = decision_event_bytes(request, response.SerializeToString(), route, 17, now_ms)
+    assert events_pb2.DecisionEvent.FromString(event) == expected
