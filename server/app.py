@@ -12,12 +12,12 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from payauth.server.accounts import Accounts
 from payauth.server.authorize import AuthorizePipeline
@@ -65,6 +65,29 @@ SERVER_OPTIONS = (
 )
 
 
+class GenericHandlersOnly:
+    """The server as the generated `add_*Servicer_to_server` functions see it: each
+    service is served by its generic handler alone, none as a registered method.
+
+    grpc.aio's server keeps one pending request-call per registered method and waits
+    on all of them (`asyncio.wait`, FIRST_COMPLETED) for every call it accepts, so
+    each call paid for the ~30 methods of payauth's services (~50 µs on this machine
+    against ~15 for one). Generic handlers share one pending request-call and are found
+    by a dictionary lookup on the method's path.
+    """
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(
+            self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(
+            self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        """Served by the service's generic handler, added beside this call."""
+
+
 async def serve_worker(settings: Settings, redis_url: str, port: int, worker_index: int,
                        on_ready: Callable[[], None]) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return."""
@@ -76,7 +99,8 @@ async def serve_worker(settings: Settings, redis_url: str, port: int, worker_ind
     loyalty = LoyaltyEngine(LoyaltyStore(store), clock, settings.idempotency_ttl_s,
                             watch_block_ms=max(10, int(settings.redis_timeout_s * 500)))
     registry.on_program_change = loyalty.programs.forget
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    grpc_server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = GenericHandlersOnly(grpc_server)
     authorizer_pb2_grpc.add_AuthorizerServicer_to_server(
         Authorizer(AuthorizePipeline(store, pans, settings, registry, clock, loyalty=loyalty),
                    Lifecycle(store, settings, clock)), server)
@@ -86,10 +110,12 @@ async def serve_worker(settings: Settings, redis_url: str, port: int, worker_ind
     loyalty_pb2_grpc.add_LoyaltyServicer_to_server(Loyalty(loyalty), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    server.add_insecure_port(f"{settings.host}:{port}")
-    await server.start()
+    # As reflection.enable_server_reflection does for a grpc.aio.Server.
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)), server)
+    grpc_server.add_insecure_port(f"{settings.host}:{port}")
+    await grpc_server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -112,7 +138,7 @@ async def serve_worker(settings: Settings, redis_url: str, port: int, worker_ind
     log.info("draining: health NOT_SERVING, waiting up to %.1f s for in-flight calls",
              settings.grace_s)
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(settings.grace_s)
+    await grpc_server.stop(settings.grace_s)
     await sweeping
     await watching
     await flushing

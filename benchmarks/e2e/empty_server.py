@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from payauth.server.app import SERVER_OPTIONS
+from payauth.server.app import SERVER_OPTIONS, GenericHandlersOnly
 from payauth.server.batching import PipelineBatcher
 from payauth.v1 import authorizer_pb2, authorizer_pb2_grpc, common_pb2
 
@@ -88,7 +88,8 @@ class EmptyAuthorizer(authorizer_pb2_grpc.AuthorizerServicer):
 async def serve_worker(host: str, port: int, on_ready: multiprocessing.Queue,
                        redis_url: str | None = None, round_trips: int = 0) -> None:
     """One worker: serve until SIGTERM/SIGINT or until the parent process is gone."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    grpc_server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = GenericHandlersOnly(grpc_server)  # as payauth's workers register their services
     batcher = None
     if redis_url and round_trips:
         # As payauth's Store connects: the batcher takes its settings from this client.
@@ -98,8 +99,8 @@ async def serve_worker(host: str, port: int, on_ready: multiprocessing.Queue,
         EmptyAuthorizer(batcher, round_trips), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    server.add_insecure_port(f"{host}:{port}")
-    await server.start()
+    grpc_server.add_insecure_port(f"{host}:{port}")
+    await grpc_server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     stopping = asyncio.Event()
@@ -113,7 +114,7 @@ async def serve_worker(host: str, port: int, on_ready: multiprocessing.Queue,
             await asyncio.wait_for(stopping.wait(), 1.0)
         except TimeoutError:
             pass
-    await server.stop(1.0)
+    await grpc_server.stop(1.0)
     if batcher is not None:
         await batcher.close()
 
