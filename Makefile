@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml setup.py $(wildcard protos/payauth/v1/*.proto) $(wildcard core_ext/*.pyx)
 
-.PHONY: run test lint bench bench-loyalty bench-core compile debug clean system-deps
+.PHONY: run test lint bench bench-loyalty bench-redis bench-core compile debug clean system-deps
 
 $(STAMP): $(SOURCES) | system-deps
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ bench: $(VENV)/.bench-installed
 ## benchmarks/results/loyalty.* (BENCH_LOYALTY_ARGS=--quick for a smoke run)
 bench-loyalty: $(VENV)/.bench-installed
 	$(PY) -m benchmarks.loyalty $(BENCH_LOYALTY_ARGS)
+
+## bench-redis: one Redis shard's CPU per authorization (read pipeline + commit), alone on
+## its core, with and without the AOF; results in benchmarks/results/redis_shard.*
+## (BENCH_REDIS_ARGS=--quick for a smoke run)
+bench-redis: $(VENV)/.bench-installed
+	$(PY) -m benchmarks.redis_shard $(BENCH_REDIS_ARGS)
 
 # The bench extras (hdrhistogram, matplotlib), once; the test extras carry the build
 # requirements, so no build isolation is needed.
