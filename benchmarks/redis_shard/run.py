@@ -113,8 +113,10 @@ async def _phase(store: Store, admin: redis.Redis, routes: list[CardRoute], dura
     appendonly, appendfsync = DURABILITY[durability]
     admin.config_set("appendonly", appendonly)
     admin.config_set("appendfsync", appendfsync)
-    while admin.info("persistence")["aof_rewrite_in_progress"]:
+    persistence = admin.info("persistence")
+    while persistence["aof_rewrite_in_progress"] or persistence["aof_rewrite_scheduled"]:
         await asyncio.sleep(0.05)  # turning the AOF on rewrites it first
+        persistence = admin.info("persistence")
     admin.config_resetstat()
     before = admin.info()
     aof_before = before.get("aof_current_size", 0)
