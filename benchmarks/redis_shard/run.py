@@ -155,6 +155,8 @@ async def _phase(store: Store, admin: redis.Redis, routes: list[CardRoute], dura
             (after.get("aof_current_size", 0) - aof_before) / count) if appendonly == "yes"
         else 0,
         "driver_authorizations_per_s": round(count / elapsed),
+        # AOF rewrites started in the phase: each forks, which stops the main thread a while.
+        "forks": after["total_forks"] - before["total_forks"],
         # The machine's CPU the hypervisor gave to other guests meanwhile: a slower phase
         # with a large share was slowed from outside.
         "cpu_stolen_share": round((stolen_after - stolen_before)
