@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import shutil
 import statistics
 import sys
@@ -37,6 +36,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 import redis  # noqa: E402
 import uvloop  # noqa: E402
 
+from benchmarks.e2e.run import machine  # noqa: E402
 from benchmarks.e2e.servers import cpu_ticks  # noqa: E402
 from payauth.server import keys  # noqa: E402
 from payauth.server.authorize import decision_event_bytes, request_fingerprint  # noqa: E402
@@ -244,7 +244,6 @@ class _Shard:
         self.admin = redis.Redis(unix_socket_path=str(self.embedded.socket),
                                  decode_responses=True)
         self.store = Store.connect(self.embedded.url, cluster=False, timeout_s=5.0)
-        self.version = self.admin.info("server")["redis_version"]
 
     async def load(self, accounts: int) -> list[CardRoute]:
         if self.library is None:
@@ -290,19 +289,18 @@ async def _run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                               f"CPU per authorization ({phase['cpu_stolen_share']:.0%} of "
                               f"the CPU stolen)", flush=True)
                     first += args.authorizations
+        measured_on = machine(shards[0].admin)
     finally:
         for shard in shards:
             await shard.close()
     doc: dict[str, Any] = {
         "summary": {shard.name: _summary(phases, shard.name) for shard in shards},
         "phases": phases,
-        "machine": {"cpu": _cpu_model(), "python": platform.python_version(),
-                    "redis_server": shards[0].version},
+        "machine": measured_on,
         "config": {"command": "python -m benchmarks.redis_shard", "accounts": args.accounts,
                    "authorizations_per_phase": args.authorizations, "rounds": args.rounds,
                    "concurrency": args.concurrency,
                    "ab_library": str(args.ab_library) if args.ab_library else None},
-        "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if len(shards) == 2:
         doc["ratio_b_to_payauth"] = _ratios(phases)
@@ -323,16 +321,6 @@ def _ratios(phases: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             out[f"{durability}, {concurrency} in flight"] = {
                 "median": statistics.median(rounds), "rounds": rounds}
     return out
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main(argv: list[str] | None = None) -> int:
