@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 
 import grpc
 import uvloop
@@ -63,6 +64,25 @@ SERVER_OPTIONS = (
     ("grpc.max_connection_age_ms", 5 * 60 * 1000),
     ("grpc.max_connection_age_grace_ms", 30 * 1000),
 )
+
+# gRPC core's own settings, read from the environment when gRPC starts in a process: the
+# supervisor sets them before it spawns the workers (`set_grpc_environment`).
+GRPC_ENVIRONMENT = {
+    # Accepted connections are served by iomgr's TCP server and endpoints instead of the
+    # EventEngine's. An EventEngine endpoint reads and writes on the engine's own threads
+    # and hands each completion to the thread that polls grpc.aio's completion queue,
+    # which wakes the event loop: one thread more per event. An empty unary call, server
+    # alone: 13.4 context switches -> 3.8 and about a tenth less CPU; Authorize in the
+    # end-to-end benchmark, side by side: 13-20 % less worker CPU per call.
+    "GRPC_EXPERIMENTS": "-event_engine_listener",
+}
+
+
+def set_grpc_environment(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Put GRPC_ENVIRONMENT into `environ` for the processes started from it; a variable
+    the operator set already is kept as it is."""
+    for name, value in GRPC_ENVIRONMENT.items():
+        environ.setdefault(name, value)
 
 
 class GenericHandlersOnly:

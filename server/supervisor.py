@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.exceptions import RedisError
 
 from payauth.server import metrics
-from payauth.server.app import run_worker
+from payauth.server.app import run_worker, set_grpc_environment
 from payauth.server.config import Settings
 from payauth.server.embedded_redis import EmbeddedRedis
 from payauth.server.lifelines import die_with_parent
@@ -182,6 +182,7 @@ class Supervisor:
         self._stop_requested = True
 
     def _start_workers(self, redis_url: str) -> bool:
+        set_grpc_environment()  # read by gRPC in each worker, which inherits the environment
         ctx = multiprocessing.get_context("spawn")
         ready = ctx.Queue()
         for index in range(self.settings.workers):

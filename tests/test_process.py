@@ -20,6 +20,7 @@ from payauth.clients import (
     PayauthError,
     UnimplementedError,
 )
+from payauth.server.app import GRPC_ENVIRONMENT, set_grpc_environment
 from tests.conftest import authorize_request, issue_card, open_account
 from tests.servers import PayauthProcess, wait_until
 
@@ -58,6 +59,45 @@ def test_health_and_reflection(payauth: PayauthProcess) -> None:
         methods = {m.name for f in files for s in f.service if s.name == "Authorizer"
                    for m in s.method}
         assert {"Authorize", "AuthorizeStream", "Capture", "Reverse", "Refund"} <= methods
+
+
+def _environment(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(entry.split("=", 1) for entry in raw.decode().split("\0") if "=" in entry)
+
+
+def _worker_pids(supervisor_pid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue  # not a process, or gone
+        if int(stat.rsplit(")", 1)[1].split()[1]) == supervisor_pid and b"spawn_main" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_workers_start_with_payauths_grpc_core_settings(payauth: PayauthProcess) -> None:
+    """gRPC reads its core settings from the environment as it starts in a process, so the
+    supervisor spawns its workers with them."""
+    assert payauth.process is not None
+    workers = _worker_pids(payauth.process.pid)
+    assert len(workers) == 2
+    for pid in workers:
+        environment = _environment(pid)
+        for name, value in GRPC_ENVIRONMENT.items():
+            assert environment.get(name) == value
+
+
+def test_an_operators_own_grpc_setting_is_kept() -> None:
+    environ = {"GRPC_EXPERIMENTS": "event_engine_listener", "HOME": "/root"}
+    set_grpc_environment(environ)
+    assert environ == {"GRPC_EXPERIMENTS": "event_engine_listener", "HOME": "/root"}
+    environ = {"HOME": "/root"}
+    set_grpc_environment(environ)
+    assert environ == {**GRPC_ENVIRONMENT, "HOME": "/root"}
 
 
 def test_rpcs_of_later_parts_say_what_is_missing(acquirer: AcquirerClient,

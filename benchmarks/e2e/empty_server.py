@@ -1,12 +1,13 @@
 """The empty handler: `payauth.v1.Authorizer` on the same stack as `payauth serve`, doing nothing.
 
 It is the benchmark's yardstick. Everything a payauth worker pays for that is not the decision
-is here too: N worker processes started with the `spawn` context, each a `grpc.aio` server on
-uvloop built with payauth's own `SERVER_OPTIONS` (SO_REUSEPORT on one shared port, the same
-connection-age limits) and a health service; the same proto messages are parsed and
-serialized. `Authorize` returns a fixed AuthorizeResponse carrying the request's request_id, and
-`AuthorizeStream` answers every message with the same. So `authorize / empty` throughput is the
-share of the stack's capacity that payauth's own work leaves.
+is here too: N worker processes started with the `spawn` context and payauth's gRPC core
+settings (`GRPC_ENVIRONMENT`), each a `grpc.aio` server on uvloop built with payauth's own
+`SERVER_OPTIONS` (SO_REUSEPORT on one shared port, the same connection-age limits) and a health
+service; the same proto messages are parsed and serialized. `Authorize` returns a fixed
+AuthorizeResponse carrying the request's request_id, and `AuthorizeStream` answers every message
+with the same. So `authorize / empty` throughput is the share of the stack's capacity that
+payauth's own work leaves.
 
 With `--redis-url` and `--round-trips N`, each `Authorize` first waits for N round trips of a
 PING to that Redis, one after the other, through payauth's own shared pipeline (one
@@ -35,7 +36,7 @@ import redis.asyncio as aioredis
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from payauth.server.app import SERVER_OPTIONS, GenericHandlersOnly
+from payauth.server.app import SERVER_OPTIONS, GenericHandlersOnly, set_grpc_environment
 from payauth.server.batching import PipelineBatcher
 from payauth.v1 import authorizer_pb2, authorizer_pb2_grpc, common_pb2
 
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    set_grpc_environment()  # gRPC core's settings of a payauth worker, the same way
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
     workers = [ctx.Process(target=_worker_entry, args=(args.host, args.port, ready,
