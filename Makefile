@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml setup.py $(wildcard protos/payauth/v1/*.proto) $(wildcard core_ext/*.pyx)
 
-.PHONY: run test lint bench bench-loyalty bench-redis bench-core compile debug clean system-deps
+.PHONY: run test lint bench bench-loyalty bench-redis bench-grpc bench-core compile debug clean system-deps
 
 $(STAMP): $(SOURCES) | system-deps
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,12 @@ bench-loyalty: $(VENV)/.bench-installed
 ## (BENCH_REDIS_ARGS=--quick for a smoke run)
 bench-redis: $(VENV)/.bench-installed
 	$(PY) -m benchmarks.redis_shard $(BENCH_REDIS_ARGS)
+
+## bench-grpc: an empty grpc.aio handler's CPU and context switches per call, under gRPC's
+## default core settings and payauth's (GRPC_ENVIRONMENT); results in benchmarks/results/grpc_stack.*
+## (BENCH_GRPC_ARGS=--quick for a smoke run)
+bench-grpc: $(VENV)/.bench-installed
+	$(PY) -m benchmarks.grpc_stack $(BENCH_GRPC_ARGS)
 
 # The bench extras (hdrhistogram, matplotlib), once; the test extras carry the build
 # requirements, so no build isolation is needed.
