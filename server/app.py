@@ -71,9 +71,9 @@ GRPC_ENVIRONMENT = {
     # Accepted connections are served by iomgr's TCP server and endpoints instead of the
     # EventEngine's. An EventEngine endpoint reads and writes on the engine's own threads
     # and hands each completion to the thread that polls grpc.aio's completion queue,
-    # which wakes the event loop: one thread more per event. An empty unary call: about a
-    # third of the context switches and a tenth less CPU (benchmarks/grpc_stack); Authorize
-    # in the end-to-end benchmark, side by side: 13-20 % less worker CPU per call.
+    # which wakes the event loop: one thread more per event. Measured side by side
+    # (benchmarks/grpc_stack, benchmarks/e2e): a fifth to a third fewer context switches
+    # per call and per stream message, 5-20 % less worker CPU per Authorize.
     "GRPC_EXPERIMENTS": "-event_engine_listener",
 }
 

@@ -63,6 +63,7 @@ from benchmarks.e2e.servers import (  # noqa: E402
     payauth_server,
     snapshot,
 )
+from payauth.server.app import GRPC_ENVIRONMENT  # noqa: E402
 
 # mode -> (server, streaming)
 MODES: dict[str, tuple[str, bool]] = {
@@ -645,6 +646,11 @@ class Harness:
                 "redis": "external" if a.redis_url else "embedded (unix socket, AOF always)",
                 "serve_args": a.serve_arg, "ab_serve_args": a.ab_serve_arg,
                 "ab_serve_env": dict(a.ab_serve_env),
+                # gRPC core's settings the servers' workers start with: payauth's own, unless
+                # this run's environment sets them (the client processes then inherit them
+                # too; otherwise they run with gRPC's defaults).
+                "grpc_environment": {name: os.environ.get(name, value)
+                                     for name, value in GRPC_ENVIRONMENT.items()},
                 "quick": a.quick, "seed": a.seed,
                 "aof_compacted_between_phases": {"enabled": not a.no_compact,
                                                  "rewrites": self.compactions,
