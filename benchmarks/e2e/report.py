@@ -85,8 +85,12 @@ def summary(doc: dict[str, Any]) -> str:
                          for m, c in switches.items()))
     stolen = doc.get("cpu_stolen_share", {})
     if stolen.get("median") is not None:
+        again = doc.get("config", {}).get("phases_measured_again", 0)
         lines.append(f"CPU stolen by the hypervisor during the phases: median "
-                     f"{100 * stolen['median']:.0f} %, worst {100 * stolen['max']:.0f} %")
+                     f"{100 * stolen['median']:.0f} %, worst {100 * stolen['max']:.0f} %"
+                     + (f" ({again} phases measured again for more than "
+                        f"{100 * doc['config']['max_stolen']:.0f} % stolen, left out)"
+                        if again else ""))
     if "round_trips_per_authorize" in r:
         lines.append(
             f"Redis per authorization ({r['authorizations']} decisions): "

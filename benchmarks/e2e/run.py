@@ -118,6 +118,9 @@ class Phase:
     # The share of the machine's CPU time the hypervisor gave to other guests during the
     # phase: on a shared host, why the same code measures slower in one run than another.
     cpu_stolen_share: float | None = None
+    # Measured again because more than --max-stolen of the CPU was stolen during it: kept in
+    # `phases` for the record, left out of every figure.
+    superseded: bool = False
 
     def cores_busy(self) -> float | None:
         """An open-loop level's CPU (servers, Redis, clients) per second of it: the load in
@@ -459,7 +462,7 @@ class Harness:
         print(report.row(phase, server), flush=True)
         return phase
 
-    def measure_saturation(self, mode: str) -> None:
+    def measure_saturation(self, mode: str) -> Phase:
         """Closed loop with many requests in flight: the throughput the whole stack reaches."""
         a = self.args
         concurrency = a.stream_window if MODES[mode][1] else a.concurrency
@@ -472,17 +475,52 @@ class Harness:
         rounds.append(phase)
         self.saturation[mode] = statistics.median(p.achieved_rps for p in rounds)
         time.sleep(a.pause)
+        return phase
 
-    def open_loop(self, mode: str, percent: int, of: str | None = None) -> None:
+    def saturation_round(self, modes: list[str]) -> None:
+        """Every mode once at saturation; the whole round again (up to --retries times)
+        while the hypervisor stole more than --max-stolen of the CPU in any of its phases,
+        so that the rounds' ratios compare phases measured on the same machine."""
+        a = self.args
+        for attempt in range(a.retries + 1):
+            phases = [self.measure_saturation(mode) for mode in modes]
+            if attempt == a.retries or not any(self._stolen(p) for p in phases):
+                return
+            print(f"more than {a.max_stolen:.0%} of the CPU stolen in this round: measuring "
+                  "it again", flush=True)
+            for phase in phases:
+                phase.superseded = True
+                rounds = self.saturation_rounds[phase.mode]
+                rounds.remove(phase)
+                self.saturation[phase.mode] = statistics.median(
+                    p.achieved_rps for p in rounds) if rounds else phase.achieved_rps
+
+    def open_level(self, mode: str, percent: int, of: str | None = None) -> None:
+        """One open-loop level, measured again (up to --retries times) while the hypervisor
+        stole more than --max-stolen of the CPU during it."""
+        for attempt in range(self.args.retries + 1):
+            phase = self.open_loop(mode, percent, of)
+            if attempt == self.args.retries or not self._stolen(phase):
+                return
+            print(f"more than {self.args.max_stolen:.0%} of the CPU stolen: measuring this "
+                  "level again", flush=True)
+            phase.superseded = True
+
+    def _stolen(self, phase: Phase) -> bool:
+        return phase.cpu_stolen_share is not None and \
+            phase.cpu_stolen_share > self.args.max_stolen
+
+    def open_loop(self, mode: str, percent: int, of: str | None = None) -> Phase:
         """One open-loop level: `percent` of the saturation of mode `of` (by default its
         own), shared by the clients."""
         a = self.args
         rate = self.saturation[of or mode] * percent / 100
         level = f"{percent}%" if of is None else f"{of} {percent}%"
-        self._run(mode, level, "open", {
+        phase = self._run(mode, level, "open", {
             "rate": rate / a.clients, "duration_s": a.duration, "drain_s": a.drain,
         }, rate)
         time.sleep(a.pause)
+        return phase
 
     def run(self) -> dict[str, Any]:
         """The whole benchmark; returns the JSON document."""
@@ -505,15 +543,14 @@ class Harness:
         print(report.header(), flush=True)
         for r in range(a.rounds):
             # A rotating order, so no mode always runs first (or right after another).
-            for mode in a.modes[r % len(a.modes):] + a.modes[:r % len(a.modes)]:
-                self.measure_saturation(mode)
+            self.saturation_round(a.modes[r % len(a.modes):] + a.modes[:r % len(a.modes)])
         for percent in a.levels:
             for mode in a.modes:
-                self.open_loop(mode, percent)
+                self.open_level(mode, percent)
         if {"empty", "authorize"} <= set(a.modes) and TARGET_PERCENT in a.levels:
             # The stack's own latency at the load the latency targets name: the empty handler
             # offered Authorize's 50 %, on the same cores, clients and schedule.
-            self.open_loop("empty", TARGET_PERCENT, of="authorize")
+            self.open_level("empty", TARGET_PERCENT, of="authorize")
         if "empty" not in a.modes:
             self._idle_window(2.0)
         elapsed = time.perf_counter() - started
@@ -568,7 +605,7 @@ class Harness:
         latency: dict[str, dict[str, Any]] = {}
         saturation_detail: dict[str, Any] = {}
         for phase in self.phases:
-            if phase.level != "saturation":
+            if phase.level != "saturation" and not phase.superseded:
                 latency.setdefault(phase.mode, {})[phase.level] = phase.latency_entry()
         for mode, rounds in self.saturation_rounds.items():
             # The round of the median throughput stands for the mode (CPU, latency, outcomes).
@@ -603,7 +640,8 @@ class Harness:
                            for name, value in detail["switches_per_request"].items()
                            if name in (MODES[mode][0], "redis", "clients")}
                     for mode, detail in saturation_detail.items()}
-        stolen = [p.cpu_stolen_share for p in self.phases if p.cpu_stolen_share is not None]
+        stolen = [p.cpu_stolen_share for p in self.phases
+                  if p.cpu_stolen_share is not None and not p.superseded]
         doc: dict[str, Any] = {
             "saturation_rps": sat,
             # ratio_authorize_to_empty, ratio_stream_to_authorize, and those of the other
@@ -651,6 +689,8 @@ class Harness:
                 # too; otherwise they run with gRPC's defaults).
                 "grpc_environment": {name: os.environ.get(name, value)
                                      for name, value in GRPC_ENVIRONMENT.items()},
+                "max_stolen": a.max_stolen, "retries": a.retries,
+                "phases_measured_again": sum(p.superseded for p in self.phases),
                 "quick": a.quick, "seed": a.seed,
                 "aof_compacted_between_phases": {"enabled": not a.no_compact,
                                                  "rewrites": self.compactions,
@@ -970,6 +1010,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None,
                    help="saturation rounds, every mode once in each, in a rotating order; "
                         "figures are medians over the rounds (default 3, quick 1)")
+    p.add_argument("--max-stolen", type=float, default=0.05,
+                   help="a saturation round or open-loop level in which the hypervisor stole "
+                        "more than this share of the CPU is measured again (default "
+                        "%(default)s; 1 never)")
+    p.add_argument("--retries", type=int, default=2,
+                   help="how many times at most (default %(default)s); the last attempt is "
+                        "kept whatever was stolen")
     p.add_argument("--stream-window", type=int, default=0,
                    help="messages in flight per stream at saturation (default: concurrency / "
                         "streams, so both kinds keep as many requests in flight)")
