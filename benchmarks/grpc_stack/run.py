@@ -250,7 +250,8 @@ def _plot(doc: dict[str, Any], path: Path) -> None:
 
 
 def _table(doc: dict[str, Any]) -> str:
-    lines = [f"{'kind':<8}{'variant':<16}{'GRPC_EXPERIMENTS':<26}{'server µs/call':>15}"
+    width = max(26, *(len(v["GRPC_EXPERIMENTS"] or "") + 2 for v in doc["variants"].values()))
+    lines = [f"{'kind':<8}{'variant':<16}{'GRPC_EXPERIMENTS':<{width}}{'server µs/call':>15}"
              f"{'switches/call':>15}{'preempted':>11}{'calls/s':>9}"
              f"{'CPU / default (rounds)':>50}{'stolen max':>12}"]
     for kind, by_variant in doc["summary"].items():
@@ -258,7 +259,7 @@ def _table(doc: dict[str, Any]) -> str:
             experiments = doc["variants"][name]["GRPC_EXPERIMENTS"] or "(unset)"
             rounds = ", ".join(f"{r:.3f}" for r in s["cpu_over_grpc_default_rounds"])
             ratio = f"{s['cpu_over_grpc_default']:.3f} ({rounds})"
-            lines.append(f"{kind:<8}{name:<16}{experiments:<26}"
+            lines.append(f"{kind:<8}{name:<16}{experiments:<{width}}"
                          f"{s['server_cpu_us_per_call']:>15.1f}"
                          f"{s['server_switches_per_call']:>15.2f}"
                          f"{s['server_preemptions_per_call']:>11.2f}{s['calls_per_s']:>9,.0f}"
