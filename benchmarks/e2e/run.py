@@ -1048,6 +1048,15 @@ def run_and_write(harness: Harness, out: Path, stem: str,
         return 130
     finally:
         harness.stop()
+    write_results(doc, out, stem, plot, summary)
+    return 0
+
+
+def write_results(doc: dict[str, Any], out: Path, stem: str,
+                  plot: Callable[[dict[str, Any], Path], Any],
+                  summary: Callable[[dict[str, Any]], str]) -> None:
+    """Write `<stem>.json` (whole or not at all) and `<stem>.png` under `out`, then print
+    the table `summary` makes of the document: what every benchmark here leaves behind."""
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"{stem}.json"
     tmp = json_path.with_suffix(".json.tmp")
@@ -1058,7 +1067,6 @@ def run_and_write(harness: Harness, out: Path, stem: str,
     print()
     print(summary(doc))
     print(f"wrote {json_path} and {png_path}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -170,8 +170,16 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def context_switches(pids: list[int]) -> int:
     """Context switches, voluntary and not, of every thread of these processes (those still
-    alive). A process's own status counts its main thread only, so each thread is read."""
-    total = 0
+    alive)."""
+    return sum(context_switches_by_kind(pids))
+
+
+def context_switches_by_kind(pids: list[int]) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of every thread of these processes (those
+    still alive). A process's own status counts its main thread only, so each thread is
+    read. The voluntary ones are hand-offs (a thread waits for another); the involuntary
+    ones preemptions, which grow with whatever else the cores run."""
+    voluntary = involuntary = 0
     for pid in pids:
         try:
             threads = list(Path(f"/proc/{pid}/task").iterdir())
@@ -183,9 +191,11 @@ def context_switches(pids: list[int]) -> int:
             except OSError:
                 continue
             for line in status.splitlines():
-                if "ctxt_switches:" in line:
-                    total += int(line.rpartition(":")[2])
-    return total
+                if line.startswith("voluntary_ctxt_switches:"):
+                    voluntary += int(line.rpartition(":")[2])
+                elif line.startswith("nonvoluntary_ctxt_switches:"):
+                    involuntary += int(line.rpartition(":")[2])
+    return voluntary, involuntary
 
 
 def cpu_ticks() -> tuple[int, int]:

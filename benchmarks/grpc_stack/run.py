@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -29,32 +28,14 @@ from typing import Any
 import grpc
 import uvloop
 
-from benchmarks.e2e.run import machine
-from benchmarks.e2e.servers import cpu_seconds, cpu_ticks
+from benchmarks.e2e.run import machine, write_results
+from benchmarks.e2e.servers import context_switches_by_kind, cpu_seconds, cpu_ticks
 from benchmarks.grpc_stack.server import SERVICE
 from payauth.server.app import GRPC_ENVIRONMENT
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("unary", "stream")
 GRPC_DEFAULT = "grpc_default"
-
-
-def _switches(pid: int) -> tuple[int, int]:
-    """(voluntary, involuntary) context switches of every thread of a process. The voluntary
-    ones are the hand-offs the stack makes (a thread waits for another); the involuntary ones
-    are preemptions, which grow with whatever else runs on the cores."""
-    voluntary = involuntary = 0
-    for thread in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            status = (thread / "status").read_text()
-        except OSError:
-            continue  # the thread ended
-        for line in status.splitlines():
-            if line.startswith("voluntary_ctxt_switches:"):
-                voluntary += int(line.rpartition(":")[2])
-            elif line.startswith("nonvoluntary_ctxt_switches:"):
-                involuntary += int(line.rpartition(":")[2])
-    return voluntary, involuntary
 
 
 class _Server:
@@ -132,7 +113,7 @@ async def _phase(server: _Server, kind: str, args: argparse.Namespace) -> dict[s
             return _stream(server.channels, args.streams, args.stream_window, seconds)
     await drive(args.warmup)
     pids = [server.process.pid]
-    cpu_before, switches_before = cpu_seconds(pids), _switches(server.process.pid)
+    cpu_before, switches_before = cpu_seconds(pids), context_switches_by_kind(pids)
     stolen_before, ticks_before = cpu_ticks()
     own_before = time.process_time()
     started = time.perf_counter()
@@ -142,7 +123,7 @@ async def _phase(server: _Server, kind: str, args: argparse.Namespace) -> dict[s
     stolen_after, ticks_after = cpu_ticks()
     cpu = cpu_seconds(pids) - cpu_before
     switches = [after - before for after, before in
-                zip(_switches(server.process.pid), switches_before, strict=True)]
+                zip(context_switches_by_kind(pids), switches_before, strict=True)]
     return {
         "variant": server.name, "kind": kind, "calls": calls,
         "calls_per_s": round(calls / elapsed),
@@ -297,11 +278,5 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.seconds, args.warmup = 1, 1.0, 0.3
     with tempfile.TemporaryDirectory(prefix="payauth-grpc-stack-") as folder:
         doc = uvloop.run(_run(args, Path(folder)))
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = args.out / "grpc_stack.json", args.out / "grpc_stack.png"
-    json_path.write_text(json.dumps(doc, indent=2) + "\n")
-    _plot(doc, png_path)
-    print()
-    print(_table(doc))
-    print(f"wrote {json_path} and {png_path}")
+    write_results(doc, args.out, "grpc_stack", _plot, _table)
     return 0

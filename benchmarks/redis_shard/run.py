@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import statistics
 import sys
@@ -36,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 import redis  # noqa: E402
 import uvloop  # noqa: E402
 
-from benchmarks.e2e.run import machine  # noqa: E402
+from benchmarks.e2e.run import machine, write_results  # noqa: E402
 from benchmarks.e2e.servers import cpu_ticks  # noqa: E402
 from payauth.server import keys  # noqa: E402
 from payauth.server.authorize import decision_event_bytes, request_fingerprint  # noqa: E402
@@ -348,11 +347,5 @@ def main(argv: list[str] | None = None) -> int:
         doc = uvloop.run(_run(args, folder))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = args.out / "redis_shard.json", args.out / "redis_shard.png"
-    json_path.write_text(json.dumps(doc, indent=2) + "\n")
-    _plot(doc, png_path)
-    print()
-    print(_table(doc))
-    print(f"wrote {json_path} and {png_path}")
+    write_results(doc, args.out, "redis_shard", _plot, _table)
     return 0
