@@ -10,6 +10,11 @@ decline for funds, code 51, after the first approvals), a fifth are credit lines
 spread over a few currencies. Every account has `cards_per_account` cards by token, about a
 fifth of them also registered by PAN (requests for those send the PAN, so the server's keyed
 hash is on the path too).
+
+The issuer's decision core is loaded the same way: the demo risk model (LightGBM, trained on
+generated purchases at load time) through `LoadModel` and the demo policy (CEL rules: fraud
+declines, a step-up above 500.00 without 3-D Secure, a shadow rule on gambling merchants and a
+score threshold) through `StreamPolicies`, so every Authorize is scored and runs the rules.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import time
 from dataclasses import dataclass
 
 from payauth.clients import AsyncIssuerClient
-from payauth.v1 import common_pb2, issuer_pb2
+from payauth.server import demo
+from payauth.v1 import common_pb2, issuer_pb2, policy_pb2
 
 CURRENCIES = (("USD", 0.6), ("EUR", 0.2), ("BRL", 0.1), ("GBP", 0.1))
 LOW_BALANCE_SHARE = 0.10
@@ -149,3 +155,25 @@ async def load(target: str, data: DataSet, concurrency: int = 32, channels: int 
         for client in clients:
             await client.close()
     return time.perf_counter() - started
+
+
+async def load_decision_core(target: str) -> dict[str, str | int]:
+    """Load and activate the demo risk model and the demo policy through the issuer API;
+    return what was loaded (for the result's config)."""
+    version = int(time.time())
+    model_dump = await asyncio.to_thread(demo.train_demo_model)
+    client = AsyncIssuerClient(target, timeout=60, max_attempts=8)
+    try:
+        await client.wait_until_serving(30)
+        model = await client.load_model(model_id="demo-risk", version=version,
+                                        format=policy_pb2.MODEL_FORMAT_LIGHTGBM_TEXT,
+                                        model=model_dump, activate=True)
+        policy = demo.demo_policy(version)
+        async for ack in client.stream_policies([policy], timeout=60):
+            if not ack.accepted:
+                raise RuntimeError(f"the demo policy was refused: {ack}")
+    finally:
+        await client.close()
+    return {"policy": f"{policy.policy_id} v{version}", "rules": len(policy.rules),
+            "model": f"demo-risk v{version}", "model_trees": model.num_trees,
+            "model_features": ", ".join(demo.MODEL_FEATURES)}

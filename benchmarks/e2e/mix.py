@@ -3,17 +3,22 @@
 Every request has a unique request_id except replays, which re-send an earlier request
 unchanged (a gateway's retry after a lost answer): the server must answer them from the stored
 first answer. The shares are chosen so every branch of the pipeline the benchmark reaches is
-exercised at realistic rates:
+exercised at realistic rates, under the demo policy and model the data set loads:
 
 - about 2 % for cards the issuer never registered (declined 14 without touching an account);
 - about 5 % replays of requests already answered;
-- about 3 % amounts far above any balance (declined 51 for funds on any account);
+- about 3 % amounts far above any balance, 3-D Secure authenticated so the policy lets them
+  through (declined 51 for funds on any account);
+- about 2 % purchases above 500.00 without 3-D Secure (stepped up, 1A, by the policy's
+  `sca-above-500` rule before funds are looked at);
 - the rest small purchases (1 to 150 in major units) on random registered cards: approved on
   well-funded accounts, declined 51 on the tenth of accounts with a low balance once their
   first purchases have used it up. Cards registered with a PAN are sent by PAN.
 
-Merchants, MCCs, channels, devices and IPs vary like a real acquirer's traffic so nothing in the
-request is constant; the merchant's country matches the card's currency.
+Every request is scored by the model and runs the policy's rules. Merchants, MCCs (one in nine
+a gambling merchant, which the policy's shadow rule tags), channels, 3-D Secure results,
+devices and IPs vary like a real acquirer's traffic so nothing in the request is constant; the
+merchant's country matches the card's currency.
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ UNKNOWN_CARD_SHARE = 0.02
 REPLAY_SHARE = 0.05
 LARGE_AMOUNT_SHARE = 0.03
 LARGE_AMOUNT_MINOR = 10**10  # above every account's balance or credit line
+STEP_UP_SHARE = 0.02
+STEP_UP_AMOUNT_MINOR = (50_001, 150_000)  # above the demo policy's 500.00 without 3-D Secure
 SMALL_AMOUNT_MINOR = (100, 15_000)
-MCCS = ("5411", "5812", "5999", "5732", "5541", "4111", "5912", "7011")
+MCCS = ("5411", "5812", "5999", "5732", "5541", "4111", "5912", "7011", "7995")
+AUTHENTICATED_SHARE = 0.3  # small purchases with a 3-D Secure result of AUTHENTICATED
 COUNTRY_OF = {"USD": "US", "EUR": "DE", "BRL": "BR", "GBP": "GB"}
 CHANNELS = (common_pb2.CHANNEL_POS, common_pb2.CHANNEL_CONTACTLESS, common_pb2.CHANNEL_ECOM)
 ANSWERED_KEPT = 20_000  # how many answered requests a replay may pick from
@@ -64,7 +72,6 @@ class Mix:
             mcc=rng.choice(MCCS),
             channel=rng.choice(CHANNELS),
             payment_method=common_pb2.PAYMENT_METHOD_CARD,
-            three_ds=common_pb2.THREE_DS_RESULT_NOT_ATTEMPTED,
             device_id=f"dev{rng.randrange(200_000)}",
             ip=f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
             terminal_id=f"t{rng.randrange(20_000)}",
@@ -80,10 +87,18 @@ class Mix:
                 request.card_token = card.token
             request.currency = card.currency
         request.merchant_country = COUNTRY_OF.get(request.currency, "US")
-        if rng.random() < LARGE_AMOUNT_SHARE:
+        draw = rng.random()
+        if draw < LARGE_AMOUNT_SHARE:
             request.amount_minor = LARGE_AMOUNT_MINOR
+            request.three_ds = common_pb2.THREE_DS_RESULT_AUTHENTICATED
+        elif draw < LARGE_AMOUNT_SHARE + STEP_UP_SHARE:
+            request.amount_minor = rng.randint(*STEP_UP_AMOUNT_MINOR)
+            request.three_ds = common_pb2.THREE_DS_RESULT_NOT_ATTEMPTED
         else:
             request.amount_minor = rng.randint(*SMALL_AMOUNT_MINOR)
+            request.three_ds = (common_pb2.THREE_DS_RESULT_AUTHENTICATED
+                                if rng.random() < AUTHENTICATED_SHARE
+                                else common_pb2.THREE_DS_RESULT_NOT_ATTEMPTED)
         seconds = int(now_s)
         request.timestamp.CopyFrom(Timestamp(seconds=seconds,
                                              nanos=int((now_s - seconds) * 1e9)))

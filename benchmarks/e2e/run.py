@@ -204,6 +204,7 @@ class Harness:
         self.redis_pids: list[int] = []  # the embedded Redis (an external one is not ours)
         self.connection_split: dict[str, list[int]] = {}
         self.data: dataset.DataSet | None = None
+        self.decision_core: dict[str, str | int] | None = None  # what load_data activated
 
     # -- set-up and tear-down -----------------------------------------------------------------
 
@@ -240,10 +241,13 @@ class Harness:
                                      if command != "redis-server"]
 
     def load_data(self) -> None:
-        """Generate and load the data set through the issuer API."""
+        """Generate and load the data set through the issuer API, then the demo policy and
+        model (unless --no-decision-core)."""
         a = self.args
         self.data = dataset.generate(a.accounts, a.cards, self.run_id, a.seed)
         self.load_s = uvloop.run(dataset.load(self.payauth.target, self.data))
+        if not a.no_decision_core:
+            self.decision_core = uvloop.run(dataset.load_decision_core(self.payauth.target))
 
     def start_clients(self) -> None:
         """Spawn the client processes and wait until each is connected."""
@@ -533,7 +537,12 @@ class Harness:
               flush=True)
         self.load_data()
         print(f"loaded in {self.load_s:.1f} s ({(a.accounts + a.cards) / self.load_s:.0f} "
-              "calls/s); starting the client processes", flush=True)
+              "calls/s)", flush=True)
+        if self.decision_core:
+            core = self.decision_core
+            print(f"decision core: policy {core['policy']} ({core['rules']} rules), model "
+                  f"{core['model']} ({core['model_trees']} trees)", flush=True)
+        print("starting the client processes", flush=True)
         self.start_clients()
         for name in self._servers():
             self.connection_split[name] = self.balance(name)
@@ -682,6 +691,7 @@ class Harness:
                 "unary_concurrency_per_client": a.concurrency,
                 "stream_window": a.stream_window, "drain_seconds": a.drain,
                 "redis": "external" if a.redis_url else "embedded (unix socket, AOF always)",
+                "decision_core": self.decision_core,
                 "serve_args": a.serve_arg, "ab_serve_args": a.ab_serve_arg,
                 "ab_serve_env": dict(a.ab_serve_env),
                 # gRPC core's settings the servers' workers start with: payauth's own, unless
@@ -988,6 +998,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="PAN key file for payauth serve; a Redis that payauth used before needs "
                         "the key it was used with")
     p.add_argument("--accounts", type=int, default=None, help="accounts (default 10,000)")
+    p.add_argument("--no-decision-core", action="store_true",
+                   help="leave the issuer's policy and model unloaded (Authorize then neither "
+                        "scores nor runs rules; the runs before the demo core was loaded)")
     p.add_argument("--cards", type=int, default=None, help="cards (default 50,000)")
     p.add_argument("--channels", type=int, default=4,
                    help="connections per client process to each server (default 4)")
