@@ -14,8 +14,6 @@ import os
 import secrets
 from pathlib import Path
 
-from stdnum import luhn
-
 from payauth.core import KeyedHash
 
 PAN_MIN_DIGITS = 12
@@ -25,6 +23,21 @@ KEY_BYTES = 32
 # server started with another secret refuses to run instead of declining
 # every card as unknown.
 _KEY_CHECK_MESSAGE = b"payauth pan key check v1"
+# A digit's ASCII code to the ASCII code of its Luhn double (2d, less 9 when above 9).
+_LUHN_DOUBLED = bytes.maketrans(b"0123456789", b"0246813579")
+
+
+def luhn_valid(digits: str) -> bool:
+    """Whether a string of ASCII digits passes the Luhn check: every second digit from the
+    right doubled (less 9 when above 9), and the sum a multiple of 10.
+
+    On the digits' bytes, as python-stdnum's `luhn.is_valid` decides (the tests check it
+    against that): the doubling is a byte translation and the sums are C loops, a tenth of
+    the pure-Python walk's cost, paid by every authorization that sends a PAN."""
+    reversed_bytes = digits.encode("ascii")[::-1]
+    total = (sum(reversed_bytes[::2]) + sum(reversed_bytes[1::2].translate(_LUHN_DOUBLED))
+             - 48 * len(reversed_bytes))
+    return total % 10 == 0
 
 
 def pan_problem(pan: str) -> str | None:
@@ -33,7 +46,7 @@ def pan_problem(pan: str) -> str | None:
         return "must contain digits only"
     if not PAN_MIN_DIGITS <= len(pan) <= PAN_MAX_DIGITS:
         return f"must have {PAN_MIN_DIGITS} to {PAN_MAX_DIGITS} digits"
-    if not luhn.is_valid(pan):
+    if not luhn_valid(pan):
         return "fails the Luhn check"
     return None
 

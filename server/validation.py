@@ -3,8 +3,8 @@
 Each `check_*` function returns every violation of a request at once (field
 path and a description that never quotes a PAN) and raises InvalidArgumentError
 when there is any. Reference data comes from maintained packages: currencies
-and exponents from `iso4217` (via `money`), countries from `pycountry`, the
-Luhn check from `python-stdnum` (via `pan`).
+and exponents from `iso4217` (via `money`), countries from `pycountry`; the
+Luhn check is `pan`'s (tested against `python-stdnum`'s).
 """
 
 from __future__ import annotations

@@ -7,12 +7,13 @@ import hmac
 
 import pytest
 import redis
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
+from stdnum import luhn
 
 from payauth.clients import AcquirerClient, InvalidArgumentError, IssuerClient
 from payauth.core import KeyedHash
-from payauth.server.pan import PanHasher, load_or_create_key, pan_problem
+from payauth.server.pan import PanHasher, load_or_create_key, luhn_valid, pan_problem
 from tests.conftest import authorize_request, issue_card, open_account, random_pan
 from tests.servers import PayauthProcess
 
@@ -25,6 +26,21 @@ def test_keyed_hash_is_hmac_sha256(key: bytes, message: bytes) -> None:
 def test_keyed_hash_refuses_short_keys() -> None:
     with pytest.raises(ValueError, match="at least 32 bytes"):
         KeyedHash(b"short")
+
+
+@given(digits=st.text(alphabet="0123456789", min_size=1, max_size=25))
+@example(digits="4111111111111111")
+@example(digits="79927398713")
+@example(digits="0")
+def test_luhn_check_agrees_with_python_stdnum(digits: str) -> None:
+    assert luhn_valid(digits) == luhn.is_valid(digits)
+
+
+@given(body=st.text(alphabet="0123456789", min_size=11, max_size=18))
+def test_a_pan_with_its_check_digit_passes_and_every_other_digit_fails(body: str) -> None:
+    check = luhn.calc_check_digit(body)
+    for digit in "0123456789":
+        assert luhn_valid(body + digit) == (digit == check)
 
 
 def test_pan_problems_do_not_quote_the_pan() -> None:
