@@ -28,14 +28,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from payauth.server.redis_pipe import RedisPipe, plain_settings
-
-Command = tuple[Any, ...]
+from payauth.server.redis_pipe import Command, RedisPipe, pack, plain_settings
 
 
 class PipelineBatcher:
@@ -66,6 +63,13 @@ class PipelineBatcher:
         self._pending: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
         self._flush_scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
+
+    @property
+    def writes_resp(self) -> bool:
+        """Whether batches go out as RESP bytes (a single Redis), so that a command may be
+        given already packed (`redis_pipe.CommandTemplate.packed`); a cluster's pipeline
+        takes commands as arguments only."""
+        return self._pipe_settings is not None or self._pool is not None
 
     async def close(self) -> None:
         """Close the batcher's own connections."""
@@ -152,9 +156,7 @@ class PipelineBatcher:
         try:
             async with asyncio.timeout(self._timeout_s):
                 connection = await pool.get_connection()
-                await connection.send_packed_command(
-                    b"".join([hiredis.pack_command(command) for command in commands]),
-                    check_health=False)
+                await connection.send_packed_command(pack(commands), check_health=False)
                 replies: list[Any] = []
                 for _ in commands:
                     try:

@@ -22,6 +22,7 @@ from redis.exceptions import ResponseError
 from payauth.server import keys
 from payauth.server.batching import PipelineBatcher
 from payauth.server.metrics import REDIS_LATENCY
+from payauth.server.redis_pipe import CommandTemplate
 from payauth.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,11 @@ _LINK_FIELDS = ("loyalty_program", "loyalty_member")
 _IDEM_FIELDS = ("fp", "outcome", "approved", "auth_id", "decided_ms", "base", "points")
 # What payauth_claim_request returns, read as they are.
 _CLAIM_FIELDS = ("fp", "base", "decided_ms", "rev")
+# The HMGETs of an authorization's read, their fields encoded once.
+_READ_CARD = CommandTemplate("HMGET", *_CARD_FIELDS)
+_READ_ACCOUNT = CommandTemplate("HMGET", *_ACCOUNT_FIELDS, *_LINK_FIELDS)
+_READ_ANSWER = CommandTemplate("HMGET", *_IDEM_FIELDS)
+_READ_CLAIM = CommandTemplate("HMGET", *_CLAIM_FIELDS)
 
 
 def _answer(outcome: bytes, approved: bytes, auth_id: bytes, decided_ms: bytes,
@@ -409,11 +415,12 @@ class Store:
         given)."""
         partition = keys.partition_of(account_id)
         claim = keys.request_claim(request_id)
-        commands: list[tuple] = [
-            ("HMGET", keys.card(card_token), *_CARD_FIELDS),
-            ("HMGET", keys.account(partition, account_id), *_ACCOUNT_FIELDS, *_LINK_FIELDS),
-            ("HMGET", keys.idempotency(partition, request_id), *_IDEM_FIELDS),
-            ("HMGET", claim, *_CLAIM_FIELDS) if self.claim_in_commit else
+        hmget = CommandTemplate.packed if self._batcher.writes_resp else CommandTemplate.command
+        commands: list[tuple | bytes] = [
+            hmget(_READ_CARD, keys.card(card_token)),
+            hmget(_READ_ACCOUNT, keys.account(partition, account_id)),
+            hmget(_READ_ANSWER, keys.idempotency(partition, request_id)),
+            hmget(_READ_CLAIM, claim) if self.claim_in_commit else
             ("FCALL", "payauth_claim_request", 1, claim, fingerprint, claim_ttl_ms, account_id),
         ]
         if pan_hash is not None:

@@ -8,14 +8,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import hiredis
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from payauth.server.batching import PipelineBatcher
-from payauth.server.redis_pipe import RedisPipe, plain_settings
+from payauth.server.redis_pipe import CommandTemplate, RedisPipe, plain_settings
 from tests.conftest import unique
 from tests.servers import RedisProcess
 
@@ -54,6 +57,32 @@ def test_replies_reach_their_batches_in_order(redis_server: RedisProcess) -> Non
         assert not pipe.usable
         with pytest.raises(RedisConnectionError):
             await pipe.request([("PING",)])
+
+    asyncio.run(main())
+
+
+@given(name=st.text(min_size=1), args=st.lists(st.text(), max_size=12), key=st.text())
+def test_a_templates_packed_command_is_what_hiredis_packs(name: str, args: list[str],
+                                                          key: str) -> None:
+    template = CommandTemplate(name, *args)
+    assert template.packed(key) == hiredis.pack_command(template.command(key))
+
+
+def test_packed_and_unpacked_commands_share_a_batch(redis_server: RedisProcess) -> None:
+    key = unique("pipe-packed")
+    fields = CommandTemplate("HMGET", "a", "b", "ü")
+
+    async def main() -> None:
+        client = aioredis.from_url(redis_server.url, socket_timeout=2)
+        batcher = PipelineBatcher(client)
+        try:
+            assert batcher.writes_resp
+            replies = await batcher.run([("HSET", key, "a", "1", "ü", "3"),
+                                         fields.packed(key), fields.command(key)])
+            assert replies == [2, [b"1", None, b"3"], [b"1", None, b"3"]]
+        finally:
+            await batcher.close()
+            await client.aclose()
 
     asyncio.run(main())
 
@@ -156,12 +185,14 @@ def test_a_pool_beyond_plain_keeps_redis_py_connections(redis_server: RedisProce
         client = aioredis.from_url(redis_server.url, socket_timeout=2, protocol=3)
         batcher = PipelineBatcher(client)
         try:
+            assert batcher.writes_resp
             replies = await asyncio.gather(
                 batcher.run([("SET", key, "1"), ("INCR", key)]),
-                batcher.run([("FCALL", "no_such_fn", 0), ("HMGET", unique("none"), "a")]))
+                batcher.run([("FCALL", "no_such_fn", 0), ("HMGET", unique("none"), "a"),
+                             CommandTemplate("HMGET", "a").packed(unique("none"))]))
             assert replies[0] == [b"OK", 2]
             assert isinstance(replies[1][0], ResponseError)
-            assert replies[1][1] == [None]
+            assert replies[1][1] == replies[1][2] == [None]
             assert batcher._pipe is None  # noqa: SLF001 - no pipelined connection was made
         finally:
             await batcher.close()
