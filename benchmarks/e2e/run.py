@@ -1022,10 +1022,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="PAN key file for payauth serve; a Redis that payauth used before needs "
                         "the key it was used with")
     p.add_argument("--accounts", type=int, default=None, help="accounts (default 10,000)")
+    p.add_argument("--cards", type=int, default=None, help="cards (default 50,000)")
     p.add_argument("--no-decision-core", action="store_true",
                    help="leave the issuer's policy and model unloaded (Authorize then neither "
                         "scores nor runs rules; the runs before the demo core was loaded)")
-    p.add_argument("--cards", type=int, default=None, help="cards (default 50,000)")
     p.add_argument("--channels", type=int, default=4,
                    help="connections per client process to each server (default 4)")
     p.add_argument("--streams", type=int, default=4,
