@@ -62,6 +62,7 @@ from benchmarks.e2e.servers import (  # noqa: E402
     empty_server,
     payauth_server,
     snapshot,
+    stolen_share,
 )
 from payauth.server.app import GRPC_ENVIRONMENT  # noqa: E402
 
@@ -459,9 +460,7 @@ class Harness:
             phase.switches_per_request = {
                 name: round((switches_after[name] - switches_before[name]) / phase.completed, 2)
                 for name in switches_before}
-        if ticks_after[1] > ticks_before[1]:
-            phase.cpu_stolen_share = round(
-                (ticks_after[0] - ticks_before[0]) / (ticks_after[1] - ticks_before[1]), 3)
+        phase.cpu_stolen_share = stolen_share(ticks_before, ticks_after)
         self.phases.append(phase)
         print(report.row(phase, server), flush=True)
         return phase

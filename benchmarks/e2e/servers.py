@@ -207,6 +207,13 @@ def cpu_ticks() -> tuple[int, int]:
     return ticks[7], sum(ticks)
 
 
+def stolen_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """The share of the CPU ticks between two `cpu_ticks()` readings that the hypervisor
+    stole, to three places; None when no tick passed."""
+    ticks = after[1] - before[1]
+    return round((after[0] - before[0]) / ticks, 3) if ticks > 0 else None
+
+
 # -- which worker holds which connection --------------------------------------------------------
 
 def _socket_inodes(pid: int) -> set[int]:

@@ -29,7 +29,12 @@ import grpc
 import uvloop
 
 from benchmarks.e2e.run import machine, write_results
-from benchmarks.e2e.servers import context_switches_by_kind, cpu_seconds, cpu_ticks
+from benchmarks.e2e.servers import (
+    context_switches_by_kind,
+    cpu_seconds,
+    cpu_ticks,
+    stolen_share,
+)
 from benchmarks.grpc_stack.server import SERVICE
 from payauth.server.app import GRPC_ENVIRONMENT
 
@@ -114,13 +119,13 @@ async def _phase(server: _Server, kind: str, args: argparse.Namespace) -> dict[s
     await drive(args.warmup)
     pids = [server.process.pid]
     cpu_before, switches_before = cpu_seconds(pids), context_switches_by_kind(pids)
-    stolen_before, ticks_before = cpu_ticks()
+    ticks_before = cpu_ticks()
     own_before = time.process_time()
     started = time.perf_counter()
     calls = await drive(args.seconds)
     elapsed = time.perf_counter() - started
     own = time.process_time() - own_before
-    stolen_after, ticks_after = cpu_ticks()
+    ticks_after = cpu_ticks()
     cpu = cpu_seconds(pids) - cpu_before
     switches = [after - before for after, before in
                 zip(context_switches_by_kind(pids), switches_before, strict=True)]
@@ -131,8 +136,7 @@ async def _phase(server: _Server, kind: str, args: argparse.Namespace) -> dict[s
         "server_switches_per_call": round(switches[0] / calls, 2),
         "server_preemptions_per_call": round(switches[1] / calls, 2),
         "client_cpu_us_per_call": round(own / calls * 1e6, 1),
-        "cpu_stolen_share": round((stolen_after - stolen_before)
-                                  / max(1, ticks_after - ticks_before), 3),
+        "cpu_stolen_share": stolen_share(ticks_before, ticks_after) or 0.0,
     }
 
 

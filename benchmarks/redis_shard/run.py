@@ -36,7 +36,7 @@ import redis  # noqa: E402
 import uvloop  # noqa: E402
 
 from benchmarks.e2e.run import machine, write_results  # noqa: E402
-from benchmarks.e2e.servers import cpu_ticks  # noqa: E402
+from benchmarks.e2e.servers import cpu_ticks, stolen_share  # noqa: E402
 from payauth.server import keys  # noqa: E402
 from payauth.server.authorize import decision_event_bytes, request_fingerprint  # noqa: E402
 from payauth.server.card_routes import CardRoute  # noqa: E402
@@ -119,7 +119,7 @@ async def _phase(store: Store, admin: redis.Redis, routes: list[CardRoute], dura
     admin.config_resetstat()
     before = admin.info()
     aof_before = before.get("aof_current_size", 0)
-    stolen_before, ticks_before = cpu_ticks()
+    ticks_before = cpu_ticks()
     started = time.perf_counter()
     queue = iter(range(first, first + count))
 
@@ -129,7 +129,7 @@ async def _phase(store: Store, admin: redis.Redis, routes: list[CardRoute], dura
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    stolen_after, ticks_after = cpu_ticks()
+    ticks_after = cpu_ticks()
     after = admin.info()
     stats = admin.info("commandstats")
     fcall = stats.get("cmdstat_fcall", {"calls": 0, "usec": 0})
@@ -158,8 +158,7 @@ async def _phase(store: Store, admin: redis.Redis, routes: list[CardRoute], dura
         "forks": after["total_forks"] - before["total_forks"],
         # The machine's CPU the hypervisor gave to other guests meanwhile: a slower phase
         # with a large share was slowed from outside.
-        "cpu_stolen_share": round((stolen_after - stolen_before)
-                                  / max(1, ticks_after - ticks_before), 3),
+        "cpu_stolen_share": stolen_share(ticks_before, ticks_after) or 0.0,
     }
 
 
