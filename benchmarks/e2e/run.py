@@ -481,52 +481,42 @@ class Harness:
         return phase
 
     def saturation_round(self, modes: list[str]) -> None:
-        """Every mode once at saturation; the whole round again (up to --retries times)
-        while the hypervisor stole more than --max-stolen of the CPU in any of its phases,
-        so that the rounds' ratios compare phases measured on the same machine. When every
-        attempt lost more, the one whose worst phase lost least stands."""
+        """Every mode once at saturation, measured again whole while the hypervisor stole
+        too much of the CPU in any of its phases (`_measured_quietly`), so that the rounds'
+        ratios compare phases measured on the same machine."""
+        self._measured_quietly(lambda: [self.measure_saturation(mode) for mode in modes],
+                               " in this round: measuring it again")
+        for mode in modes:
+            rounds = [p for p in self.saturation_rounds[mode] if not p.superseded]
+            self.saturation_rounds[mode] = rounds
+            self.saturation[mode] = statistics.median(p.achieved_rps for p in rounds)
+
+    def open_level(self, mode: str, percent: int, of: str | None = None) -> None:
+        """One open-loop level, measured again while the hypervisor stole too much of the
+        CPU during it (`_measured_quietly`)."""
+        self._measured_quietly(lambda: [self.open_loop(mode, percent, of)],
+                               ": measuring this level again")
+
+    def _measured_quietly(self, measure: Callable[[], list[Phase]], again: str) -> None:
+        """Run `measure` again, up to --retries times, while the hypervisor stole more than
+        --max-stolen of the CPU in any phase it measured. The first attempt with none stands
+        or, when every attempt lost more, the one whose worst phase lost least; the phases of
+        the others are marked superseded."""
         a = self.args
         attempts: list[list[Phase]] = []
         for attempt in range(a.retries + 1):
-            attempts.append([self.measure_saturation(mode) for mode in modes])
+            attempts.append(measure())
             if not any(self._stolen(p) for p in attempts[-1]):
                 break
             if attempt < a.retries:
-                print(f"more than {a.max_stolen:.0%} of the CPU stolen in this round: "
-                      "measuring it again", flush=True)
+                print(f"more than {a.max_stolen:.0%} of the CPU stolen{again}", flush=True)
         kept = min(attempts, key=lambda phases: max(_stolen_share(p) for p in phases))
-        if len(attempts) > a.retries and any(self._stolen(p) for p in kept):
+        if any(self._stolen(p) for p in kept):
             print(f"every attempt lost more than {a.max_stolen:.0%}: keeping the one that lost "
                   f"least ({max(_stolen_share(p) for p in kept):.0%} at worst)", flush=True)
         for phases in attempts:
-            if phases is kept:
-                continue
             for phase in phases:
-                phase.superseded = True
-                self.saturation_rounds[phase.mode].remove(phase)
-        for mode in modes:
-            self.saturation[mode] = statistics.median(
-                p.achieved_rps for p in self.saturation_rounds[mode])
-
-    def open_level(self, mode: str, percent: int, of: str | None = None) -> None:
-        """One open-loop level, measured again (up to --retries times) while the hypervisor
-        stole more than --max-stolen of the CPU during it; when every attempt lost more,
-        the one that lost least stands."""
-        a = self.args
-        attempts: list[Phase] = []
-        for attempt in range(a.retries + 1):
-            attempts.append(self.open_loop(mode, percent, of))
-            if not self._stolen(attempts[-1]):
-                break
-            if attempt < a.retries:
-                print(f"more than {a.max_stolen:.0%} of the CPU stolen: measuring this "
-                      "level again", flush=True)
-        kept = min(attempts, key=_stolen_share)
-        if len(attempts) > a.retries and self._stolen(kept):
-            print(f"every attempt lost more than {a.max_stolen:.0%}: keeping the one that lost "
-                  f"least ({_stolen_share(kept):.0%})", flush=True)
-        for phase in attempts:
-            phase.superseded = phase is not kept
+                phase.superseded = phases is not kept
 
     def _stolen(self, phase: Phase) -> bool:
         return phase.cpu_stolen_share is not None and \
@@ -1051,8 +1041,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "more than this share of the CPU is measured again (default "
                         "%(default)s; 1 never)")
     p.add_argument("--retries", type=int, default=2,
-                   help="how many times at most (default %(default)s); the last attempt is "
-                        "kept whatever was stolen")
+                   help="how many times at most (default %(default)s); when every attempt "
+                        "lost more, the one that lost least is kept")
     p.add_argument("--stream-window", type=int, default=0,
                    help="messages in flight per stream at saturation (default: concurrency / "
                         "streams, so both kinds keep as many requests in flight)")
