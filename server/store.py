@@ -312,6 +312,9 @@ class Store:
         self.claim_in_commit = not cluster
         self.url = ""
         self._batcher = PipelineBatcher(client)
+        # How the read's HMGETs are given to the batcher: packed where it writes RESP bytes.
+        self._hmget = (CommandTemplate.packed if self._batcher.writes_resp
+                       else CommandTemplate.command)
 
     @classmethod
     def connect(cls, url: str, cluster: bool, timeout_s: float) -> Store:
@@ -415,7 +418,7 @@ class Store:
         given)."""
         partition = keys.partition_of(account_id)
         claim = keys.request_claim(request_id)
-        hmget = CommandTemplate.packed if self._batcher.writes_resp else CommandTemplate.command
+        hmget = self._hmget
         commands: list[tuple | bytes] = [
             hmget(_READ_CARD, keys.card(card_token)),
             hmget(_READ_ACCOUNT, keys.account(partition, account_id)),
