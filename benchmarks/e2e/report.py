@@ -102,6 +102,10 @@ def summary(doc: dict[str, Any]) -> str:
         lines.append(f"server-side means: {means}")
         by_name = ", ".join(f"{k} {v}" for k, v in r["commands_by_name_per_authorize"].items())
         lines.append(f"commands per authorization by name: {by_name}")
+        in_commands = ", ".join(f"{k} {v}" for k, v in r["redis_command_us_per_authorize"].items())
+        lines.append(f"Redis µs per authorization inside commands (its clock, so a command "
+                     f"preempted on a busy machine counts long; FCALL's includes the commands "
+                     f"its function runs): {in_commands}")
     floor = doc.get("latency_floor_ms")
     if floor:
         lines.append(

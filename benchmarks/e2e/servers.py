@@ -278,6 +278,7 @@ class Counters:
     total_reads: int
     forks: int = 0  # Redis's forks so far: each AOF rewrite is one
     latest_fork_usec: int = 0  # how long the last fork held Redis's main thread
+    command_usec: dict[str, int] = field(default_factory=dict)  # Redis's time in each command
 
 
 # The payauth samples the benchmark reads: metric sample -> (key prefix, the labels that
@@ -315,12 +316,15 @@ def scrape_prometheus(port: int) -> dict[str, float]:
 
 
 def snapshot(metrics_port: int, client: redis.Redis | None) -> Counters:
-    """Prometheus and Redis counters now: calls per command (`INFO commandstats`), total
-    commands, socket reads and forks (`INFO stats`)."""
+    """Prometheus and Redis counters now: calls and time per command (`INFO commandstats`),
+    total commands, socket reads and forks (`INFO stats`)."""
     counters = Counters(time.perf_counter(), scrape_prometheus(metrics_port), {}, 0, 0)
     if client is not None:
+        stats = client.info("commandstats")
         counters.commands = {name.removeprefix("cmdstat_"): int(value["calls"])
-                             for name, value in client.info("commandstats").items()}
+                             for name, value in stats.items()}
+        counters.command_usec = {name.removeprefix("cmdstat_"): int(value["usec"])
+                                 for name, value in stats.items()}
         info = client.info("stats")
         counters.total_commands = int(info["total_commands_processed"])
         counters.total_reads = int(info["total_reads_processed"])
