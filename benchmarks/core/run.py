@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import re
@@ -38,6 +37,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.core import payauth_side, peers, report, workload  # noqa: E402
 from benchmarks.core.timing import Case, measure  # noqa: E402
+from benchmarks.output import cpu_model, write_results  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS = REPO_ROOT / "benchmarks" / "results"
@@ -64,16 +64,8 @@ def slug(name: str) -> str:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    """What the figures were measured on."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform(), "load_average_at_start": os.getloadavg()}
 
 
@@ -608,16 +600,9 @@ def _run(bench: Bench, args: argparse.Namespace, started: float) -> int:
 
     doc = summarize(bench, args, info, timings, combined, best_model, fastest_rules,
                     best_rules, lightgbm, started)
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / "core.json"
-    json_path.write_text(json.dumps(doc, indent=2) + "\n")
-    png_path = args.out / "core.png"
-    report.plot(doc, png_path)
-    print()
-    print(report.table(doc))
-    print()
-    print(report.targets_text(doc))
-    log(f"wrote {json_path} and {png_path.name}; {time.perf_counter() - started:.0f} s in all")
+    write_results(doc, args.out, "core", report.plot,
+                  lambda d: f"{report.table(d)}\n\n{report.targets_text(d)}")
+    log(f"{time.perf_counter() - started:.0f} s in all")
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import multiprocessing
 import os
 import platform
@@ -64,6 +63,7 @@ from benchmarks.e2e.servers import (  # noqa: E402
     snapshot,
     stolen_share,
 )
+from benchmarks.output import cpu_model, write_results  # noqa: E402
 from payauth.server.app import GRPC_ENVIRONMENT  # noqa: E402
 
 # mode -> (server, streaming)
@@ -941,14 +941,6 @@ def _merge(mode: str, level: str, results: list[PhaseResult], offered: float | N
 
 def machine(client: redis.Redis | None) -> dict[str, Any]:
     """What the figures were measured on."""
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     redis_version = ""
     if client is not None:
         try:
@@ -956,7 +948,7 @@ def machine(client: redis.Redis | None) -> dict[str, Any]:
         except redis.RedisError:
             pass
     return {
-        "cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+        "cores": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
         "platform": platform.platform(), "grpcio": grpc.__version__,
         "redis_server": redis_version, "uvloop": uvloop.__version__,
         "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -1090,23 +1082,6 @@ def run_and_write(harness: Harness, out: Path, stem: str,
         harness.stop()
     write_results(doc, out, stem, plot, summary)
     return 0
-
-
-def write_results(doc: dict[str, Any], out: Path, stem: str,
-                  plot: Callable[[dict[str, Any], Path], Any],
-                  summary: Callable[[dict[str, Any]], str]) -> None:
-    """Write `<stem>.json` (whole or not at all) and `<stem>.png` under `out`, then print
-    the table `summary` makes of the document: what every benchmark here leaves behind."""
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / f"{stem}.json"
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(json_path)
-    png_path = out / f"{stem}.png"
-    plot(doc, png_path)
-    print()
-    print(summary(doc))
-    print(f"wrote {json_path} and {png_path}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 import uvloop
 
-from benchmarks.e2e.run import machine, write_results
+from benchmarks.e2e.run import machine
 from benchmarks.e2e.servers import (
     context_switches_by_kind,
     cpu_seconds,
@@ -36,6 +36,7 @@ from benchmarks.e2e.servers import (
     stolen_share,
 )
 from benchmarks.grpc_stack.server import SERVICE
+from benchmarks.output import write_results
 from payauth.server.app import GRPC_ENVIRONMENT
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -35,8 +35,9 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 import redis  # noqa: E402
 import uvloop  # noqa: E402
 
-from benchmarks.e2e.run import machine, write_results  # noqa: E402
+from benchmarks.e2e.run import machine
 from benchmarks.e2e.servers import cpu_ticks, stolen_share  # noqa: E402
+from benchmarks.output import write_results  # noqa: E402
 from payauth.server import keys  # noqa: E402
 from payauth.server.authorize import decision_event_bytes, request_fingerprint  # noqa: E402
 from payauth.server.card_routes import CardRoute  # noqa: E402
