@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml setup.py $(wildcard protos/payauth/v1/*.proto) $(wildcard core_ext/*.pyx)
 
-.PHONY: run test lint bench bench-loyalty bench-redis bench-grpc bench-core compile debug clean system-deps
+.PHONY: run test lint bench bench-loyalty bench-redis bench-grpc bench-pipeline bench-core compile debug clean system-deps
 
 $(STAMP): $(SOURCES) | system-deps
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,13 @@ bench-redis: $(VENV)/.bench-installed
 ## (BENCH_GRPC_ARGS=--quick for a smoke run)
 bench-grpc: $(VENV)/.bench-installed
 	$(PY) -m benchmarks.grpc_stack $(BENCH_GRPC_ARGS)
+
+## bench-pipeline: the worker's Authorize pipeline without gRPC, driven in-process against the
+## embedded Redis: CPU per decision by authorizations in flight; results in
+## benchmarks/results/pipeline.* (BENCH_PIPELINE_ARGS=--quick for a smoke run,
+## --ab-pythonpath DIR for another server code beside the checkout's)
+bench-pipeline: $(VENV)/.bench-installed
+	$(PY) -m benchmarks.pipeline $(BENCH_PIPELINE_ARGS)
 
 # The bench extras (hdrhistogram, matplotlib), once; the test extras carry the build
 # requirements, so no build isolation is needed.

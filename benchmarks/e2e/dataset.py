@@ -113,6 +113,28 @@ def generate(n_accounts: int, n_cards: int, run_id: str, seed: int = 7) -> DataS
     return DataSet(accounts, cards, card_accounts)
 
 
+def account_request(account: Account) -> issuer_pb2.UpsertAccountRequest:
+    """The issuer's call that creates `account`."""
+    return issuer_pb2.UpsertAccountRequest(
+        account_id=account.account_id, kind=account.kind,
+        status=common_pb2.ACCOUNT_STATUS_ACTIVE, currency=account.currency,
+        balance_minor=account.balance_minor, credit_limit_minor=account.credit_limit_minor)
+
+
+def card_request(card: Card, account_id: str) -> issuer_pb2.UpsertCardRequest:
+    """The issuer's call that issues `card` on `account_id`."""
+    return issuer_pb2.UpsertCardRequest(
+        card_token=card.token, pan=card.pan, account_id=account_id,
+        status=common_pb2.CARD_STATUS_ACTIVE, expiry_year=2099, expiry_month=12)
+
+
+def demo_model_request(version: int) -> policy_pb2.LoadModelRequest:
+    """The issuer's call that loads and activates the demo risk model (trained here)."""
+    return policy_pb2.LoadModelRequest(model_id="demo-risk", version=version,
+                                       format=policy_pb2.MODEL_FORMAT_LIGHTGBM_TEXT,
+                                       model=demo.train_demo_model(), activate=True)
+
+
 async def _bounded(calls: list, concurrency: int) -> None:
     """Await the coroutine factories in `calls` with at most `concurrency` in flight."""
     queue = iter(calls)
@@ -138,15 +160,10 @@ async def load(target: str, data: DataSet, concurrency: int = 32, channels: int 
         await clients[0].wait_until_serving(30)
 
         def account_call(i: int, a: Account):  # noqa: ANN202 - a coroutine factory
-            return lambda: clients[i % channels].upsert_account(issuer_pb2.UpsertAccountRequest(
-                account_id=a.account_id, kind=a.kind, status=common_pb2.ACCOUNT_STATUS_ACTIVE,
-                currency=a.currency, balance_minor=a.balance_minor,
-                credit_limit_minor=a.credit_limit_minor))
+            return lambda: clients[i % channels].upsert_account(account_request(a))
 
         def card_call(j: int, c: Card, account_id: str):  # noqa: ANN202
-            return lambda: clients[j % channels].upsert_card(issuer_pb2.UpsertCardRequest(
-                card_token=c.token, pan=c.pan, account_id=account_id,
-                status=common_pb2.CARD_STATUS_ACTIVE, expiry_year=2099, expiry_month=12))
+            return lambda: clients[j % channels].upsert_card(card_request(c, account_id))
 
         await _bounded([account_call(i, a) for i, a in enumerate(data.accounts)], concurrency)
         await _bounded([card_call(j, c, data.card_accounts[j])
@@ -161,13 +178,11 @@ async def load_decision_core(target: str) -> dict[str, str | int]:
     """Load and activate the demo risk model and the demo policy through the issuer API;
     return what was loaded (for the result's config)."""
     version = int(time.time())
-    model_dump = await asyncio.to_thread(demo.train_demo_model)
+    model_request = await asyncio.to_thread(demo_model_request, version)
     client = AsyncIssuerClient(target, timeout=60, max_attempts=8)
     try:
         await client.wait_until_serving(30)
-        model = await client.load_model(model_id="demo-risk", version=version,
-                                        format=policy_pb2.MODEL_FORMAT_LIGHTGBM_TEXT,
-                                        model=model_dump, activate=True)
+        model = await client.load_model(model_request)
         policy = demo.demo_policy(version)
         async for ack in client.stream_policies([policy], timeout=60):
             if not ack.accepted:

@@ -1,0 +1,1 @@
+"""The Authorize pipeline without gRPC (see run.py)."""

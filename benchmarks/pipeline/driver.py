@@ -1,0 +1,147 @@
+"""One process of the pipeline benchmark: loads the data set, or drives the worker's
+`AuthorizePipeline` in this process and prints its CPU per decision as JSON.
+
+`benchmarks.pipeline.run` starts it once per measurement, so that the server code it imports
+is whatever comes first on PYTHONPATH (the checkout's, or another one's for a side-by-side
+comparison) and every measurement starts from a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import uvloop  # noqa: E402
+
+from benchmarks.e2e import dataset  # noqa: E402
+from benchmarks.e2e.mix import Mix  # noqa: E402
+from payauth.server import demo  # noqa: E402
+from payauth.server.accounts import Accounts  # noqa: E402
+from payauth.server.authorize import AuthorizePipeline  # noqa: E402
+from payauth.server.clock import system_clock  # noqa: E402
+from payauth.server.config import Settings  # noqa: E402
+from payauth.server.decision_core import CoreRegistry  # noqa: E402
+from payauth.server.loyalty import LoyaltyEngine  # noqa: E402
+from payauth.server.loyalty_store import LoyaltyStore  # noqa: E402
+from payauth.server.pan import PanHasher, load_or_create_key  # noqa: E402
+from payauth.server.policies import IssuerPolicies  # noqa: E402
+from payauth.server.store import Store  # noqa: E402
+
+SERVER = "payauth"  # the mix's name for the server its replays go to
+LOAD_CONCURRENCY = 64
+
+
+async def _in_flight(calls: list, concurrency: int) -> None:
+    """Await the coroutine factories in `calls`, at most `concurrency` at a time."""
+    queue = iter(calls)
+
+    async def worker() -> None:
+        for call in queue:
+            await call()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def load(store: Store, pans: PanHasher, data: dataset.DataSet) -> dict[str, Any]:
+    """Create the accounts and cards and activate the demo policy and model, through the
+    issuer API's own handlers (what `IssuerControl` runs), in this process."""
+    accounts = Accounts(store, pans, system_clock)
+    await store.load_library()
+    await _in_flight([lambda a=a: accounts.upsert_account(dataset.account_request(a))
+                      for a in data.accounts], LOAD_CONCURRENCY)
+    await _in_flight([lambda c=c, a=a: accounts.upsert_card(dataset.card_request(c, a))
+                      for c, a in zip(data.cards, data.card_accounts, strict=True)],
+                     LOAD_CONCURRENCY)
+    registry = CoreRegistry(store)
+    policies = IssuerPolicies(store, registry, system_clock)
+    version = int(time.time())
+    model = await policies.load_model(dataset.demo_model_request(version))
+    ack = await policies.apply(demo.demo_policy(version))
+    if not ack.accepted:
+        raise RuntimeError(f"the demo policy was refused: {ack}")
+    return {"policy": f"demo-issuer v{version}", "model_trees": model.num_trees}
+
+
+async def measure(store: Store, pans: PanHasher, data: dataset.DataSet, run_id: str,
+                  measurement: int, in_flight: list[int], decisions: int, warmup: int,
+                  seed: int) -> dict[str, dict[str, float]]:
+    """CPU per decision and decisions per second of this process at each number of
+    authorizations in flight, after a warm-up that teaches the worker the card routes.
+    `measurement` numbers this one among the run's, so its request_ids are its own."""
+    registry = CoreRegistry(store)
+    await registry.reload()
+    settings = Settings()
+    loyalty = LoyaltyEngine(LoyaltyStore(store), system_clock, settings.idempotency_ttl_s,
+                            watch_block_ms=250)
+    pipeline = AuthorizePipeline(store, pans, settings, registry, system_clock,
+                                 loyalty=loyalty)
+    mix = Mix(data.cards, run_id, measurement, seed + measurement)
+
+    async def run(n: int, concurrency: int) -> tuple[float, float]:
+        # Built ahead, as the end-to-end benchmark's open loop does: replays (None) are
+        # picked when sent, from what has been answered by then.
+        plan = iter(mix.plan(n, time.time()))
+
+        async def one_at_a_time() -> None:
+            for planned in plan:
+                request = planned or mix.replay_or_fresh(SERVER, time.time())
+                response = await pipeline.authorize(request)
+                if not response.replayed:
+                    mix.answered(SERVER, request)
+
+        cpu, wall = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(one_at_a_time() for _ in range(concurrency)))
+        return (time.process_time() - cpu) / n * 1e6, n / (time.perf_counter() - wall)
+
+    await run(warmup, max(in_flight))
+    figures = {}
+    for concurrency in in_flight:
+        cpu_us, per_s = await run(decisions, concurrency)
+        figures[str(concurrency)] = {"cpu_us": round(cpu_us, 1), "per_s": round(per_s)}
+    return figures
+
+
+async def _main(args: argparse.Namespace) -> dict[str, Any]:
+    data = dataset.generate(args.accounts, args.cards, args.run_id, args.seed)
+    store = Store.connect(args.redis_url, cluster=False, timeout_s=5.0)
+    pans = PanHasher(load_or_create_key(args.pan_key))
+    try:
+        if args.load:
+            return await load(store, pans, data)
+        return await measure(store, pans, data, args.run_id, args.measurement,
+                             args.in_flight, args.decisions, args.warmup, args.seed)
+    finally:
+        await store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load or measure as the command line says; the result goes to stdout as JSON."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline.driver")
+    p.add_argument("--redis-url", required=True)
+    p.add_argument("--pan-key", type=Path, required=True)
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--accounts", type=int, required=True)
+    p.add_argument("--cards", type=int, required=True)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--load", action="store_true", help="load the data set instead of measuring")
+    p.add_argument("--measurement", type=int, default=0,
+                   help="this measurement's number in the run (its request_ids' prefix)")
+    p.add_argument("--in-flight", type=lambda text: [int(x) for x in text.split(",")],
+                   default=[64])
+    p.add_argument("--decisions", type=int, default=10_000)
+    p.add_argument("--warmup", type=int, default=5_000)
+    args = p.parse_args(argv)
+    print(json.dumps(uvloop.run(_main(args))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
