@@ -135,7 +135,7 @@ def demo_model_request(version: int) -> policy_pb2.LoadModelRequest:
                                        model=demo.train_demo_model(), activate=True)
 
 
-async def _bounded(calls: list, concurrency: int) -> None:
+async def bounded(calls: list, concurrency: int) -> None:
     """Await the coroutine factories in `calls` with at most `concurrency` in flight."""
     queue = iter(calls)
 
@@ -165,8 +165,8 @@ async def load(target: str, data: DataSet, concurrency: int = 32, channels: int 
         def card_call(j: int, c: Card, account_id: str):  # noqa: ANN202
             return lambda: clients[j % channels].upsert_card(card_request(c, account_id))
 
-        await _bounded([account_call(i, a) for i, a in enumerate(data.accounts)], concurrency)
-        await _bounded([card_call(j, c, data.card_accounts[j])
+        await bounded([account_call(i, a) for i, a in enumerate(data.accounts)], concurrency)
+        await bounded([card_call(j, c, data.card_accounts[j])
                         for j, c in enumerate(data.cards)], concurrency)
     finally:
         for client in clients:

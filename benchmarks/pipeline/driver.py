@@ -39,25 +39,14 @@ SERVER = "payauth"  # the mix's name for the server its replays go to
 LOAD_CONCURRENCY = 64
 
 
-async def _in_flight(calls: list, concurrency: int) -> None:
-    """Await the coroutine factories in `calls`, at most `concurrency` at a time."""
-    queue = iter(calls)
-
-    async def worker() -> None:
-        for call in queue:
-            await call()
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
 async def load(store: Store, pans: PanHasher, data: dataset.DataSet) -> dict[str, Any]:
     """Create the accounts and cards and activate the demo policy and model, through the
     issuer API's own handlers (what `IssuerControl` runs), in this process."""
     accounts = Accounts(store, pans, system_clock)
     await store.load_library()
-    await _in_flight([lambda a=a: accounts.upsert_account(dataset.account_request(a))
+    await dataset.bounded([lambda a=a: accounts.upsert_account(dataset.account_request(a))
                       for a in data.accounts], LOAD_CONCURRENCY)
-    await _in_flight([lambda c=c, a=a: accounts.upsert_card(dataset.card_request(c, a))
+    await dataset.bounded([lambda c=c, a=a: accounts.upsert_card(dataset.card_request(c, a))
                       for c, a in zip(data.cards, data.card_accounts, strict=True)],
                      LOAD_CONCURRENCY)
     registry = CoreRegistry(store)
