@@ -167,7 +167,7 @@ async def load(target: str, data: DataSet, concurrency: int = 32, channels: int 
 
         await bounded([account_call(i, a) for i, a in enumerate(data.accounts)], concurrency)
         await bounded([card_call(j, c, data.card_accounts[j])
-                        for j, c in enumerate(data.cards)], concurrency)
+                       for j, c in enumerate(data.cards)], concurrency)
     finally:
         for client in clients:
             await client.close()

@@ -45,10 +45,10 @@ async def load(store: Store, pans: PanHasher, data: dataset.DataSet) -> dict[str
     accounts = Accounts(store, pans, system_clock)
     await store.load_library()
     await dataset.bounded([lambda a=a: accounts.upsert_account(dataset.account_request(a))
-                      for a in data.accounts], LOAD_CONCURRENCY)
+                           for a in data.accounts], LOAD_CONCURRENCY)
     await dataset.bounded([lambda c=c, a=a: accounts.upsert_card(dataset.card_request(c, a))
-                      for c, a in zip(data.cards, data.card_accounts, strict=True)],
-                     LOAD_CONCURRENCY)
+                           for c, a in zip(data.cards, data.card_accounts, strict=True)],
+                          LOAD_CONCURRENCY)
     registry = CoreRegistry(store)
     policies = IssuerPolicies(store, registry, system_clock)
     version = int(time.time())
@@ -72,7 +72,7 @@ async def measure(store: Store, pans: PanHasher, data: dataset.DataSet, run_id: 
                             watch_block_ms=250)
     pipeline = AuthorizePipeline(store, pans, settings, registry, system_clock,
                                  loyalty=loyalty)
-    mix = Mix(data.cards, run_id, measurement, seed + measurement)
+    mix = Mix(data.cards, run_id, measurement, seed)
 
     async def run(n: int, concurrency: int) -> tuple[float, float]:
         # Built ahead, as the end-to-end benchmark's open loop does: replays (None) are
