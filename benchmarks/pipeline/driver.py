@@ -1,9 +1,11 @@
 """One process of the pipeline benchmark: loads the data set, or drives the worker's
-`AuthorizePipeline` in this process and prints its CPU per decision as JSON.
+`AuthorizePipeline` in this process and answers measurement commands with its CPU per
+decision, as JSON lines.
 
-`benchmarks.pipeline.run` starts it once per measurement, so that the server code it imports
-is whatever comes first on PYTHONPATH (the checkout's, or another one's for a side-by-side
-comparison) and every measurement starts from a fresh interpreter.
+`benchmarks.pipeline.run` starts one such process per server code, so that the code it
+imports is whatever comes first on its PYTHONPATH (the checkout's, or another one's for a
+side-by-side comparison), and asks them in turn, level by level: the host's speed, which
+drifts over minutes on a shared machine, moves both alike.
 """
 
 from __future__ import annotations
@@ -59,12 +61,13 @@ async def load(store: Store, pans: PanHasher, data: dataset.DataSet) -> dict[str
     return {"policy": f"demo-issuer v{version}", "model_trees": model.num_trees}
 
 
-async def measure(store: Store, pans: PanHasher, data: dataset.DataSet, run_id: str,
-                  measurement: int, in_flight: list[int], decisions: int, warmup: int,
-                  seed: int) -> dict[str, dict[str, float]]:
-    """CPU per decision and decisions per second of this process at each number of
-    authorizations in flight, after a warm-up that teaches the worker the card routes.
-    `measurement` numbers this one among the run's, so its request_ids are its own."""
+async def serve(store: Store, pans: PanHasher, data: dataset.DataSet, run_id: str,
+                driver: int, warmup: int, seed: int) -> None:
+    """Build the pipeline as a worker does, warm it up (so it knows the card routes, as a
+    running worker does), say "ready", then answer each command line `{"in_flight": n,
+    "decisions": m}` on stdin with this process's CPU per decision and decisions per second
+    over `m` decisions at `n` in flight, until stdin ends. `driver` numbers this process
+    among the run's, so its request_ids are its own."""
     registry = CoreRegistry(store)
     await registry.reload()
     settings = Settings()
@@ -72,9 +75,9 @@ async def measure(store: Store, pans: PanHasher, data: dataset.DataSet, run_id: 
                             watch_block_ms=250)
     pipeline = AuthorizePipeline(store, pans, settings, registry, system_clock,
                                  loyalty=loyalty)
-    mix = Mix(data.cards, run_id, measurement, seed)
+    mix = Mix(data.cards, run_id, driver, seed)
 
-    async def run(n: int, concurrency: int) -> tuple[float, float]:
+    async def run(n: int, concurrency: int) -> dict[str, float]:
         # Built ahead, as the end-to-end benchmark's open loop does: replays (None) are
         # picked when sent, from what has been answered by then.
         plan = iter(mix.plan(n, time.time()))
@@ -88,31 +91,37 @@ async def measure(store: Store, pans: PanHasher, data: dataset.DataSet, run_id: 
 
         cpu, wall = time.process_time(), time.perf_counter()
         await asyncio.gather(*(one_at_a_time() for _ in range(concurrency)))
-        return (time.process_time() - cpu) / n * 1e6, n / (time.perf_counter() - wall)
+        return {"cpu_us": round((time.process_time() - cpu) / n * 1e6, 1),
+                "per_s": round(n / (time.perf_counter() - wall))}
 
-    await run(warmup, max(in_flight))
-    figures = {}
-    for concurrency in in_flight:
-        cpu_us, per_s = await run(decisions, concurrency)
-        figures[str(concurrency)] = {"cpu_us": round(cpu_us, 1), "per_s": round(per_s)}
-    return figures
+    await run(warmup, 64)
+    _say({"ready": True})
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        command = json.loads(line)
+        _say(await run(command["decisions"], command["in_flight"]))
 
 
-async def _main(args: argparse.Namespace) -> dict[str, Any]:
+def _say(message: dict[str, Any]) -> None:
+    print(json.dumps(message), flush=True)
+
+
+async def _main(args: argparse.Namespace) -> None:
     data = dataset.generate(args.accounts, args.cards, args.run_id, args.seed)
     store = Store.connect(args.redis_url, cluster=False, timeout_s=5.0)
     pans = PanHasher(load_or_create_key(args.pan_key))
     try:
         if args.load:
-            return await load(store, pans, data)
-        return await measure(store, pans, data, args.run_id, args.measurement,
-                             args.in_flight, args.decisions, args.warmup, args.seed)
+            _say(await load(store, pans, data))
+        else:
+            await serve(store, pans, data, args.run_id, args.driver, args.warmup, args.seed)
     finally:
         await store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Load or measure as the command line says; the result goes to stdout as JSON."""
+    """Load the data set, or serve measurements, as the command line says; replies go to
+    stdout as JSON lines."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline.driver")
     p.add_argument("--redis-url", required=True)
     p.add_argument("--pan-key", type=Path, required=True)
@@ -120,15 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accounts", type=int, required=True)
     p.add_argument("--cards", type=int, required=True)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--load", action="store_true", help="load the data set instead of measuring")
-    p.add_argument("--measurement", type=int, default=0,
-                   help="this measurement's number in the run (its request_ids' prefix)")
-    p.add_argument("--in-flight", type=lambda text: [int(x) for x in text.split(",")],
-                   default=[64])
-    p.add_argument("--decisions", type=int, default=10_000)
-    p.add_argument("--warmup", type=int, default=5_000)
+    p.add_argument("--load", action="store_true", help="load the data set, then exit")
+    p.add_argument("--driver", type=int, default=0,
+                   help="this process's number in the run (its request_ids' prefix)")
+    p.add_argument("--warmup", type=int, default=15_000)
     args = p.parse_args(argv)
-    print(json.dumps(uvloop.run(_main(args))))
+    uvloop.run(_main(args))
     return 0
 
 

@@ -12,7 +12,8 @@ carries about four round trips), and the per-batch work is much of the cost.
 In the end-to-end benchmark the same work hides inside "payauth's own" CPU beside gRPC's
 wake-ups and moves with the clients' share of the cores; here a change to the pipeline's
 Python is measured alone. `--ab-pythonpath DIR` measures the server code under DIR (a folder
-holding `payauth/server`) beside the checkout's, in alternating order, round by round.
+holding `payauth/server`) beside the checkout's: one long-lived driver process per code, asked
+in turn level by level (the order rotating), so the host's drift moves both alike.
 
 Prints the table, writes benchmarks/results/pipeline.json and pipeline.png.
 """
@@ -45,22 +46,51 @@ CHECKOUT = "payauth"
 OTHER = "payauth_b"
 
 
-def _drive(args: argparse.Namespace, redis_url: str, pan_key: Path, run_id: str,
-           pythonpath: str | None, extra: list[str]) -> dict[str, Any]:
-    """Run the driver in a process of its own (`pythonpath` first on its PYTHONPATH) and
-    return what it printed."""
+def _driver_command(args: argparse.Namespace, redis_url: str, pan_key: Path,
+                    run_id: str) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.pipeline.driver", "--redis-url", redis_url,
+            "--pan-key", str(pan_key), "--run-id", run_id, "--accounts", str(args.accounts),
+            "--cards", str(args.cards), "--seed", str(args.seed)]
+
+
+def _environment(pythonpath: str | None) -> dict[str, str]:
+    """This process's environment, with `pythonpath` first on PYTHONPATH when given."""
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH"))
                                             if p)
-    command = [sys.executable, "-m", "benchmarks.pipeline.driver", "--redis-url", redis_url,
-               "--pan-key", str(pan_key), "--run-id", run_id, "--accounts", str(args.accounts),
-               "--cards", str(args.cards), "--seed", str(args.seed), *extra]
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"the driver failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return env
+
+
+class _Driver:
+    """A driver process (benchmarks/pipeline/driver.py) serving measurements of one server
+    code, its pipeline warmed up once."""
+
+    def __init__(self, command: list[str], pythonpath: str | None) -> None:
+        self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=_environment(pythonpath),
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+
+    def reply(self) -> dict[str, Any]:
+        """The driver's next JSON line; the driver's failure, raised, if it ended."""
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"a pipeline driver ended ({self.process.wait()}); its "
+                               "error is above")
+        return json.loads(line)
+
+    def measure(self, in_flight: int, decisions: int) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"in_flight": in_flight,
+                                             "decisions": decisions}) + "\n")
+        self.process.stdin.flush()
+        return self.reply()
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(30)
 
 
 def _summary(rounds: list[dict[str, Any]], variants: list[str],
@@ -125,35 +155,48 @@ def _table(doc: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Load the data once, then measure every variant in each round, in rotating order."""
+    """Load the data once; start a driver per server code and warm each up; then, in each
+    round, measure every level on every driver in turn (the order rotating)."""
     folder = Path(tempfile.mkdtemp(prefix="payauth-pipeline-"))
     redis = EmbeddedRedis(folder / "redis")
     redis.start()
+    drivers: dict[str, _Driver] = {}
     try:
         pan_key, run_id = folder / "pan.key", secrets.token_hex(4)
+        command = _driver_command(args, redis.url, pan_key, run_id)
         started = time.perf_counter()
-        core = _drive(args, redis.url, pan_key, run_id, None, ["--load"])
+        loading = _Driver([*command, "--load"], None)
+        core = loading.reply()
+        loading.close()
         print(f"loaded {args.accounts} accounts, {args.cards} cards and the demo core in "
               f"{time.perf_counter() - started:.1f} s", flush=True)
         variants = {CHECKOUT: None}
         if args.ab_pythonpath:
             variants[OTHER] = str(args.ab_pythonpath.resolve())
-        measure = ["--in-flight", ",".join(map(str, args.in_flight)),
-                   "--decisions", str(args.decisions), "--warmup", str(args.warmup)]
+        for number, (name, pythonpath) in enumerate(variants.items()):
+            drivers[name] = _Driver([*command, "--driver", str(number),
+                                     "--warmup", str(args.warmup)], pythonpath)
+        for driver in drivers.values():
+            driver.reply()  # warmed up
+        names = list(variants)
         rounds, stolen = [], []
         for k in range(args.rounds):
-            order = list(variants)[k % len(variants):] + list(variants)[:k % len(variants)]
             before = cpu_ticks()
-            figures = {name: _drive(args, redis.url, pan_key, run_id, variants[name],
-                                    [*measure, "--measurement", str(len(variants) * k + i)])
-                       for i, name in enumerate(order)}
+            figures: dict[str, dict[str, Any]] = {name: {} for name in names}
+            for level, in_flight in enumerate(args.in_flight):
+                turn = (k + level) % len(names)
+                for name in names[turn:] + names[:turn]:
+                    figures[name][str(in_flight)] = drivers[name].measure(in_flight,
+                                                                          args.decisions)
             stolen.append(stolen_share(before, cpu_ticks()) or 0.0)
             rounds.append(figures)
             print(f"round {k + 1}: " + "; ".join(
                 f"{name} " + ", ".join(f"{n} in flight {f['cpu_us']} µs" for n, f in
-                                       figures[name].items()) for name in variants),
+                                       figures[name].items()) for name in names),
                 flush=True)
     finally:
+        for driver in drivers.values():
+            driver.close()
         redis.stop()
         shutil.rmtree(folder, ignore_errors=True)
     return {
@@ -179,12 +222,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--in-flight", type=lambda text: [int(x) for x in text.split(",")],
                    default=[4, 16, 64],
                    help="authorizations in flight, comma-separated (default 4,16,64)")
-    p.add_argument("--decisions", type=int, default=10_000,
-                   help="decisions measured at each level (default 10,000)")
+    p.add_argument("--decisions", type=int, default=5_000,
+                   help="decisions measured at each level in each round (default 5,000)")
     p.add_argument("--warmup", type=int, default=15_000,
-                   help="decisions before the first level, so the worker knows the card "
-                        "routes as a running one does (default 15,000)")
-    p.add_argument("--rounds", type=int, default=5, help="rounds; figures are medians")
+                   help="decisions each driver makes before the first round, so it knows "
+                        "the card routes as a running worker does (default 15,000)")
+    p.add_argument("--rounds", type=int, default=9, help="rounds; figures are medians")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--ab-pythonpath", type=Path, default=None,
                    help="also measure the server code under this folder (holding "
@@ -194,8 +237,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="folder of pipeline.json and pipeline.png")
     args = p.parse_args(argv)
     if args.quick:
-        args.accounts, args.cards, args.rounds = 200, 1_000, 1
-        args.decisions, args.warmup = 1_000, 1_000
+        args.accounts, args.cards, args.rounds = 200, 1_000, 2
+        args.decisions, args.warmup = 500, 1_000
     return args
 
 
