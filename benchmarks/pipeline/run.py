@@ -48,6 +48,7 @@ OTHER = "payauth_b"
 
 def _driver_command(args: argparse.Namespace, redis_url: str, pan_key: Path,
                     run_id: str) -> list[str]:
+    """The driver's command line, as every driver of this run shares it."""
     return [sys.executable, "-m", "benchmarks.pipeline.driver", "--redis-url", redis_url,
             "--pan-key", str(pan_key), "--run-id", run_id, "--accounts", str(args.accounts),
             "--cards", str(args.cards), "--seed", str(args.seed)]
@@ -81,6 +82,7 @@ class _Driver:
         return json.loads(line)
 
     def measure(self, in_flight: int, decisions: int) -> dict[str, Any]:
+        """CPU per decision and decisions per second over `decisions` at `in_flight`."""
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps({"in_flight": in_flight,
                                              "decisions": decisions}) + "\n")
@@ -88,6 +90,7 @@ class _Driver:
         return self.reply()
 
     def close(self) -> None:
+        """End the driver (its stdin ends) and wait for it."""
         if self.process.stdin is not None:
             self.process.stdin.close()
         self.process.wait(30)
