@@ -160,14 +160,9 @@ class RedisTally:
     def add(self, before: Counters, after: Counters) -> None:
         """Add the change between two snapshots."""
         self.seconds += after.at - before.at
-        for key, value in after.prometheus.items():
-            self.prometheus[key] = self.prometheus.get(key, 0) + value - before.prometheus.get(
-                key, 0)
-        for key, value in after.commands.items():
-            self.commands[key] = self.commands.get(key, 0) + value - before.commands.get(key, 0)
-        for key, value in after.command_usec.items():
-            self.command_usec[key] = (self.command_usec.get(key, 0) + value
-                                      - before.command_usec.get(key, 0))
+        _add_counts(self.prometheus, after.prometheus, before.prometheus)
+        _add_counts(self.commands, after.commands, before.commands)
+        _add_counts(self.command_usec, after.command_usec, before.command_usec)
         self.total_commands += after.total_commands - before.total_commands
         self.total_reads += after.total_reads - before.total_reads
 
@@ -176,12 +171,16 @@ class RedisTally:
         self.seconds += other.seconds
         self.total_commands += other.total_commands
         self.total_reads += other.total_reads
-        for key, value in other.prometheus.items():
-            self.prometheus[key] = self.prometheus.get(key, 0) + value
-        for key, value in other.commands.items():
-            self.commands[key] = self.commands.get(key, 0) + value
-        for key, value in other.command_usec.items():
-            self.command_usec[key] = self.command_usec.get(key, 0) + value
+        _add_counts(self.prometheus, other.prometheus)
+        _add_counts(self.commands, other.commands)
+        _add_counts(self.command_usec, other.command_usec)
+
+
+def _add_counts(total: dict[str, Any], counts: dict[str, Any],
+                minus: dict[str, Any] | None = None) -> None:
+    """Add each of `counts` (less its value in `minus`, where given) to `total`'s."""
+    for key, value in counts.items():
+        total[key] = total.get(key, 0) + value - (minus.get(key, 0) if minus else 0)
 
 
 class Harness:
