@@ -59,7 +59,7 @@ class ClientConfig:
     run_id: str
     seed: int
     channels: int = 4
-    streams: int = 4
+    streams: int = 16
 
 
 @dataclass

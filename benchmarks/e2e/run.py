@@ -1022,8 +1022,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "scores nor runs rules; the runs before the demo core was loaded)")
     p.add_argument("--channels", type=int, default=4,
                    help="connections per client process to each server (default 4)")
-    p.add_argument("--streams", type=int, default=4,
-                   help="AuthorizeStream calls per client process (default 4)")
+    p.add_argument("--streams", type=int, default=16,
+                   help="AuthorizeStream calls per client process (default 16: the layout "
+                        "of the stream's highest throughput here; see the README)")
     p.add_argument("--modes", default=",".join(DEFAULT_MODES),
                    help=f"comma-separated, of {', '.join(MODES)} (default %(default)s)")
     p.add_argument("--levels", default=",".join(map(str, DEFAULT_LEVELS)),
