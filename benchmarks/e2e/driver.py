@@ -42,6 +42,11 @@ LOWEST_US = 1
 HIGHEST_US = 60_000_000
 SIGNIFICANT_DIGITS = 3
 CALL_TIMEOUT_S = 30.0
+# Connections per client process to each server, and AuthorizeStream calls per client process
+# (16: the layout of the stream's highest throughput here, README "Streams per gateway").
+# The harnesses' --channels and --streams default to these.
+CHANNELS = 4
+STREAMS = 16
 
 
 def new_histogram() -> HdrHistogram:
@@ -58,8 +63,8 @@ class ClientConfig:
     cards: list[Card]
     run_id: str
     seed: int
-    channels: int = 4
-    streams: int = 16
+    channels: int = CHANNELS
+    streams: int = STREAMS
 
 
 @dataclass

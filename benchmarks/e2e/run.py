@@ -44,6 +44,8 @@ import uvloop  # noqa: E402
 
 from benchmarks.e2e import dataset, report  # noqa: E402
 from benchmarks.e2e.driver import (  # noqa: E402
+    CHANNELS,
+    STREAMS,
     ClientConfig,
     PhaseResult,
     client_main,
@@ -1020,11 +1022,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-decision-core", action="store_true",
                    help="leave the issuer's policy and model unloaded (Authorize then neither "
                         "scores nor runs rules; the runs before the demo core was loaded)")
-    p.add_argument("--channels", type=int, default=4,
-                   help="connections per client process to each server (default 4)")
-    p.add_argument("--streams", type=int, default=16,
-                   help="AuthorizeStream calls per client process (default 16: the layout "
-                        "of the stream's highest throughput here; see the README)")
+    p.add_argument("--channels", type=int, default=CHANNELS,
+                   help="connections per client process to each server (default %(default)s)")
+    p.add_argument("--streams", type=int, default=STREAMS,
+                   help="AuthorizeStream calls per client process (default %(default)s: the "
+                        "layout of the stream's highest throughput here; see the README)")
     p.add_argument("--modes", default=",".join(DEFAULT_MODES),
                    help=f"comma-separated, of {', '.join(MODES)} (default %(default)s)")
     p.add_argument("--levels", default=",".join(map(str, DEFAULT_LEVELS)),

@@ -42,6 +42,7 @@ import uvloop  # noqa: E402
 
 from benchmarks.e2e import dataset  # noqa: E402
 from benchmarks.e2e import report as e2e_report  # noqa: E402
+from benchmarks.e2e.driver import CHANNELS  # noqa: E402
 from benchmarks.e2e.run import (  # noqa: E402
     Harness,
     Phase,
@@ -445,8 +446,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cards", type=int, default=None, help="cards (default 2,000)")
     p.add_argument("--member-share", type=float, default=0.5,
                    help="share of accounts enrolled as members (default %(default)s)")
-    p.add_argument("--channels", type=int, default=4,
-                   help="connections per client process (default 4)")
+    p.add_argument("--channels", type=int, default=CHANNELS,
+                   help="connections per client process (default %(default)s)")
     p.add_argument("--rounds", type=int, default=None,
                    help="saturation rounds, each without + with (in alternating order) + "
                         "Earn (default 4, quick 1)")
