@@ -132,8 +132,11 @@ def summary(doc: dict[str, Any]) -> str:
                          + ", ".join(f"{k} <= {v} ms" for k, v in inside.items() if v))
     lines.append(f"run took {doc['config']['elapsed_seconds']:.0f} s (data load "
                  f"{doc['config']['load_seconds']:.0f} s)")
-    lines.append("targets: " + ", ".join(f"{k}={'yes' if v else 'NO'}"
-                                         for k, v in doc["targets"].items()))
+    rounds = doc.get("target_rounds", {})
+    lines.append("targets: " + ", ".join(
+        f"{k}={'yes' if v else 'NO'}"
+        + (f" ({rounds[k][0]} of {rounds[k][1]} rounds)" if k in rounds else "")
+        for k, v in doc["targets"].items()))
     return "\n".join(lines)
 
 
