@@ -82,6 +82,9 @@ MODES: dict[str, tuple[str, bool]] = {
 EMPTY_REDIS_ROUND_TRIPS = 2
 DEFAULT_MODES = ("empty", "empty_redis", "empty_stream", "authorize", "stream")
 DEFAULT_LEVELS = (25, 50, 75, 90, 100)
+# The throughput targets: the ratio each names, and the least it must be.
+RATIO_TARGETS = {"authorize_to_empty_at_least_0.5": ("authorize_to_empty", 0.5),
+                 "stream_to_authorize_at_least_1.5": ("stream_to_authorize", 1.5)}
 # The load the latency targets are set at, in percent of Authorize's saturation.
 TARGET_PERCENT = 50
 # The level name of the empty handler offered Authorize's target load.
@@ -877,11 +880,6 @@ def _targets(ratios: dict[str, float | None], latency: dict[str, dict[str, Any]]
         targets["authorize_p99_at_50pct_under_2ms"] = half["p99"] < 2.0
         targets["authorize_p999_at_50pct_under_5ms"] = half["p999"] < 5.0
     return targets
-
-
-# The throughput targets: the ratio each names, and the least it must be.
-RATIO_TARGETS = {"authorize_to_empty_at_least_0.5": ("authorize_to_empty", 0.5),
-                 "stream_to_authorize_at_least_1.5": ("stream_to_authorize", 1.5)}
 
 
 def _target_rounds(ratio_rounds: dict[str, list[float]]) -> dict[str, list[int]]:
