@@ -1,4 +1,5 @@
-"""The compiled decision core of payauth.
+"""The compiled decision core of payauth, and the compiled helpers a worker calls for every
+request (the PAN's keyed hash, a Redis command's RESP encoding).
 
 Only the names below are public; the server imports them from here, never
 from the extension modules themselves.
@@ -27,6 +28,7 @@ from payauth.core.policy import (
     PolicyResult,
     compile_policy,
 )
+from payauth.core.resp import pack_command
 from payauth.core.trees import TreeEnsemble
 
 __all__ = [
@@ -48,4 +50,5 @@ __all__ = [
     "load_model",
     "load_xgboost_json",
     "message_layout",
+    "pack_command",
 ]

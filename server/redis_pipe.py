@@ -30,6 +30,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from payauth.core import pack_command
+
 # A command as its arguments, or as bytes already encoded in RESP (`CommandTemplate.packed`).
 Command = tuple[Any, ...] | bytes
 # Told a batch's outcome: its replies in order, or the exception that failed it.
@@ -60,9 +62,9 @@ def plain_settings(pool: aioredis.ConnectionPool) -> dict[str, Any] | None:
 
 
 def pack(commands: Sequence[Command]) -> bytes:
-    """`commands` in RESP, as Redis reads them: tuples packed by hiredis (C), bytes as they
-    are."""
-    return b"".join([c if c.__class__ is bytes else hiredis.pack_command(c) for c in commands])
+    """`commands` in RESP, as Redis reads them: tuples packed by `payauth.core.pack_command`
+    (C, the bytes hiredis would write), bytes as they are."""
+    return b"".join([c if c.__class__ is bytes else pack_command(c) for c in commands])
 
 
 class CommandTemplate:

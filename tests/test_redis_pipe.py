@@ -6,6 +6,7 @@ and nothing after it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import hiredis
@@ -17,6 +18,7 @@ from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from payauth.core import pack_command
 from payauth.server.batching import PipelineBatcher
 from payauth.server.redis_pipe import CommandTemplate, RedisPipe, plain_settings
 from tests.conftest import unique
@@ -66,6 +68,35 @@ def test_a_templates_packed_command_is_what_hiredis_packs(name: str, args: list[
                                                           key: str) -> None:
     template = CommandTemplate(name, *args)
     assert template.packed(key) == hiredis.pack_command(template.command(key))
+
+
+_WORDS = st.one_of(
+    st.text(),
+    st.binary(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(),  # beyond 64 bits too
+    st.booleans(),
+    st.floats(allow_nan=False),
+)
+
+
+def _packed(pack: Callable[[tuple], bytes], args: tuple) -> bytes | type[Exception]:
+    try:
+        return pack(args)
+    except (TypeError, ValueError) as exc:  # hiredis refuses some words (a bool, say)
+        return type(exc)
+
+
+@given(args=st.lists(_WORDS, min_size=1, max_size=80))
+def test_pack_command_writes_what_hiredis_writes(args: list) -> None:
+    assert _packed(pack_command, tuple(args)) == _packed(hiredis.pack_command, tuple(args))
+
+
+def test_pack_command_writes_the_commit_as_hiredis_does() -> None:
+    commit = ("FCALL", "payauth_authorize_commit", 3, "acct:{p417}:a1", "idem:{p417}:r1",
+              "claim:{p9}:r1", "{p417}", "r1", "0f" * 16, "hold", 12345, "0", 1764770000123,
+              -1, "", b"\x00\xff" * 200, "žluťoučký kůň", 0, -(2**63), 2**63 - 1)
+    assert pack_command(commit) == hiredis.pack_command(commit)
 
 
 def test_packed_and_unpacked_commands_share_a_batch(redis_server: RedisProcess) -> None:
