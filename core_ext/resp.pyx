@@ -3,10 +3,10 @@
 
 Every authorization's commit is an FCALL of about 25 arguments that change with each
 request (among them the serialized answer and decision event); the worker's Redis pipe
-packs it once per authorization (`payauth.server.redis_pipe.pack`). hiredis formats each
-argument into a string of its own with sprintf and joins them; here the command's length is
-counted first and its bytes written once, straight from the arguments' own buffers (an ASCII
-`str` is read where Python keeps it). Arguments of other types than `str`, `bytes` and `int`,
+packs it once per authorization (`payauth.server.redis_pipe.pack`). hiredis copies each
+argument into a string of its own, then formats the command from those with sprintf; here the
+command's length is counted first and its bytes written once, straight from the arguments' own
+buffers (an ASCII `str` is read where Python keeps it). Arguments of other types than `str`, `bytes` and `int`,
 and integers beyond 64 bits, go to hiredis, so the bytes are always hiredis's.
 """
 
