@@ -6,8 +6,9 @@ request (among them the serialized answer and decision event); the worker's Redi
 packs it once per authorization (`payauth.server.redis_pipe.pack`). hiredis copies each
 argument into a string of its own, then formats the command from those with sprintf; here the
 command's length is counted first and its bytes written once, straight from the arguments' own
-buffers (an ASCII `str` is read where Python keeps it). Arguments of other types than `str`, `bytes` and `int`,
-and integers beyond 64 bits, go to hiredis, so the bytes are always hiredis's.
+buffers (an ASCII `str` is read where Python keeps it). Arguments of other types than `str`,
+`bytes` and `int`, and integers beyond 64 bits, go to hiredis, so the bytes are always
+hiredis's.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -24,6 +25,10 @@ cdef extern from "Python.h":
 cdef enum:
     # The most arguments a command is packed here with; longer ones go to hiredis.
     MAX_ARGS = 64
+    # What an argument is written from: its bytes, or an integer's magnitude and sign.
+    FROM_BUFFER = 0
+    FROM_NUMBER = 1
+    FROM_NEGATIVE_NUMBER = 2
 
 
 cdef inline Py_ssize_t _decimal_length(unsigned long long n) noexcept:
@@ -60,33 +65,34 @@ def pack_command(tuple args not None) -> bytes:
         return hiredis.pack_command(args)
     cdef const char *data[MAX_ARGS]
     cdef Py_ssize_t sizes[MAX_ARGS]
-    cdef long long numbers[MAX_ARGS]
-    cdef char is_number[MAX_ARGS]
+    cdef unsigned long long magnitudes[MAX_ARGS]
+    cdef char sources[MAX_ARGS]
     cdef Py_ssize_t i, size, total
     cdef long long number
-    cdef unsigned long long magnitude
     cdef int overflow
     cdef object arg
     total = 1 + _decimal_length(<unsigned long long>count) + 2
     for i in range(count):
         arg = args[i]
-        is_number[i] = 0
         if type(arg) is str:
+            sources[i] = FROM_BUFFER
             data[i] = PyUnicode_AsUTF8AndSize(arg, &sizes[i])
         elif type(arg) is bytes:
+            sources[i] = FROM_BUFFER
             data[i] = PyBytes_AS_STRING(arg)
             sizes[i] = PyBytes_GET_SIZE(arg)
         elif type(arg) is int:
             number = PyLong_AsLongLongAndOverflow(arg, &overflow)
             if overflow:
                 return hiredis.pack_command(args)
-            numbers[i] = number
-            is_number[i] = 1
             if number < 0:
-                magnitude = <unsigned long long>(-(number + 1)) + 1
-                sizes[i] = _decimal_length(magnitude) + 1
+                sources[i] = FROM_NEGATIVE_NUMBER
+                magnitudes[i] = <unsigned long long>(-(number + 1)) + 1
+                sizes[i] = _decimal_length(magnitudes[i]) + 1
             else:
-                sizes[i] = _decimal_length(<unsigned long long>number)
+                sources[i] = FROM_NUMBER
+                magnitudes[i] = <unsigned long long>number
+                sizes[i] = _decimal_length(magnitudes[i])
         else:
             return hiredis.pack_command(args)
         size = sizes[i]
@@ -97,17 +103,14 @@ def pack_command(tuple args not None) -> bytes:
     for i in range(count):
         size = sizes[i]
         out = _write_length_line(out, 36, size)  # '$'
-        if is_number[i]:
-            number = numbers[i]
-            if number < 0:
-                out[0] = 45  # '-'
-                magnitude = <unsigned long long>(-(number + 1)) + 1
-                out = _write_decimal(out + 1, magnitude, size - 1)
-            else:
-                out = _write_decimal(out, <unsigned long long>number, size)
-        else:
+        if sources[i] == FROM_BUFFER:
             memcpy(out, data[i], size)
             out += size
+        elif sources[i] == FROM_NUMBER:
+            out = _write_decimal(out, magnitudes[i], size)
+        else:
+            out[0] = 45  # '-'
+            out = _write_decimal(out + 1, magnitudes[i], size - 1)
         out[0] = 13
         out[1] = 10
         out += 2
