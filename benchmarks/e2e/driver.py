@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
@@ -65,6 +66,7 @@ class ClientConfig:
     seed: int
     channels: int = CHANNELS
     streams: int = STREAMS
+    cpus: set[int] | None = None  # the CPUs the process may run on (None: any)
 
 
 @dataclass
@@ -449,6 +451,8 @@ async def _drain(tasks: set[asyncio.Task[None]], drain_s: float) -> int:
 
 def client_main(conn: Connection, config: ClientConfig) -> None:
     """Entry point of a client process (multiprocessing spawn target)."""
+    if config.cpus:
+        os.sched_setaffinity(0, config.cpus)
     try:
         uvloop.run(Driver(conn, config).serve())
     except KeyboardInterrupt:

@@ -43,6 +43,13 @@ def row(phase: Any, server: str = "payauth") -> str:
     ))
 
 
+def wakeups(figures: dict[str, Any]) -> str:
+    """The wake-up meter's figures (`benchmarks.e2e.wakeups`) on one line."""
+    return (" / ".join(f"{figures[k]}" for k in ("p50", "p99", "p999", "max"))
+            + f" µs (p50 / p99 / p99.9 / max; {figures['samples']} wake-ups of "
+            f"{figures['interval_ms']:g} ms sleeps)")
+
+
 def summary(doc: dict[str, Any]) -> str:
     """The headline figures of a run, as printed after the table."""
     sat = doc["saturation_rps"]
@@ -106,6 +113,9 @@ def summary(doc: dict[str, Any]) -> str:
         lines.append(f"Redis µs per authorization inside commands (its clock, so a command "
                      f"preempted on a busy machine counts long; FCALL's includes the commands "
                      f"its function runs): {in_commands}")
+    idle = doc.get("wakeup_us", {}).get("idle")
+    if idle:
+        lines.append(f"wake-up lateness of a sleeping process, nothing driven: {wakeups(idle)}")
     floor = doc.get("latency_floor_ms")
     if floor:
         lines.append(
@@ -113,6 +123,10 @@ def summary(doc: dict[str, Any]) -> str:
             + " / ".join(f"{floor['authorize'][k]:.2f}" for k in ("p50", "p99", "p999"))
             + " ms (p50 / p99 / p99.9); the empty handler at the same load "
             + " / ".join(f"{floor['empty'][k]:.2f}" for k in ("p50", "p99", "p999")) + " ms")
+        late = [floor[name].get("wakeup_us") for name in ("authorize", "empty")]
+        if None not in late:
+            lines.append(f"wake-up lateness of a sleeping process at that load: authorize "
+                         f"{wakeups(late[0])}; the empty handler {wakeups(late[1])}")
         busy = [floor[name].get("cores_busy") for name in ("authorize", "empty")]
         if None not in busy:
             lines.append(f"cores busy at that load (servers, Redis and clients): authorize "

@@ -42,7 +42,7 @@ import grpc  # noqa: E402
 import redis  # noqa: E402
 import uvloop  # noqa: E402
 
-from benchmarks.e2e import dataset, report  # noqa: E402
+from benchmarks.e2e import dataset, report, wakeups  # noqa: E402
 from benchmarks.e2e.driver import (  # noqa: E402
     CHANNELS,
     STREAMS,
@@ -65,6 +65,7 @@ from benchmarks.e2e.servers import (  # noqa: E402
     snapshot,
     stolen_share,
 )
+from benchmarks.e2e.wakeups import WakeupMeter  # noqa: E402
 from benchmarks.output import cpu_model, write_results  # noqa: E402
 from payauth.server.app import GRPC_ENVIRONMENT  # noqa: E402
 
@@ -89,6 +90,11 @@ RATIO_TARGETS = {"authorize_to_empty_at_least_0.5": ("authorize_to_empty", 0.5),
 TARGET_PERCENT = 50
 # The level name of the empty handler offered Authorize's target load.
 FLOOR_LEVEL = f"authorize {TARGET_PERCENT}%"
+# The wake-up meter (`wakeups`): seconds idle before the clients start (by --quick), its
+# sleep there, and its sleep beside a phase (longer, so that it adds little to the load).
+IDLE_WAKEUP_S = {False: 5.0, True: 2.0}
+IDLE_WAKEUP_INTERVAL_S = 0.002
+PHASE_WAKEUP_INTERVAL_S = 0.004
 
 
 @dataclass
@@ -124,6 +130,9 @@ class Phase:
     # The share of the machine's CPU time the hypervisor gave to other guests during the
     # phase: on a shared host, why the same code measures slower in one run than another.
     cpu_stolen_share: float | None = None
+    # How late a process sleeping on each CPU woke up during the phase (`wakeups`), in µs:
+    # measured at the latency targets' load only.
+    wakeup_us: dict[str, Any] | None = None
     # Measured again because more than --max-stolen of the CPU was stolen during it: kept in
     # `phases` for the record, left out of every figure.
     superseded: bool = False
@@ -144,7 +153,8 @@ class Phase:
                 "failed": self.errors + self.incomplete, "send_lag_ms": self.send_lag_ms,
                 "redis_forks": self.redis_forks, "cores_busy": self.cores_busy(),
                 "cpu_stolen_share": self.cpu_stolen_share,
-                **({"stalls": self.stalls} if self.stalls else {})}
+                **({"stalls": self.stalls} if self.stalls else {}),
+                **({"wakeup_us": self.wakeup_us} if self.wakeup_us else {})}
 
 
 def _round(value: float | None) -> float | None:
@@ -216,6 +226,7 @@ class Harness:
         self.connection_split: dict[str, list[int]] = {}
         self.data: dataset.DataSet | None = None
         self.decision_core: dict[str, str | int] | None = None  # what load_data activated
+        self.wakeups_idle: dict[str, Any] | None = None  # the wake-up meter, nothing driven
 
     # -- set-up and tear-down -----------------------------------------------------------------
 
@@ -225,22 +236,22 @@ class Harness:
         needed = {m[0] for m in (MODES[x] for x in a.modes)} | {"payauth"}
         self.payauth, self.metrics_port = payauth_server(
             self.folder, a.workers, a.redis_url, a.pan_key_file, a.serve_arg)
-        self.payauth.spawn()
+        self.spawn(self.payauth)
         if "empty" in needed:
             self.other_servers["empty"] = empty_server(self.folder, a.workers)
-            self.other_servers["empty"].spawn()
+            self.spawn(self.other_servers["empty"])
         self.payauth.wait_serving()
         url = a.redis_url or f"unix://{self.folder / 'payauth' / 'redis' / 'redis.sock'}"
         if "empty_redis" in needed:  # payauth's Redis, once it runs
             self.other_servers["empty_redis"] = empty_server(self.folder, a.workers, url,
                                                        EMPTY_REDIS_ROUND_TRIPS)
-            self.other_servers["empty_redis"].spawn()
+            self.spawn(self.other_servers["empty_redis"])
         if "payauth_b" in needed:  # a second payauth on the same Redis, data and PAN key
             self.other_servers["payauth_b"], _ = payauth_server(
                 self.folder, a.workers, url, a.pan_key_file or self.folder / "payauth" / "pan.key",
                 [*a.serve_arg, *a.ab_serve_arg], name="payauth_b")
             self.other_servers["payauth_b"].extra_env = dict(a.ab_serve_env)
-            self.other_servers["payauth_b"].spawn()
+            self.spawn(self.other_servers["payauth_b"])
         for server in self.other_servers.values():
             server.wait_serving()
         self.redis = redis.Redis.from_url(url, socket_timeout=10)
@@ -250,6 +261,11 @@ class Harness:
         for name, server in self.other_servers.items():
             self.cpu_groups[name] = [p for p, command in server.tree().items()
                                      if command != "redis-server"]
+
+    def spawn(self, server: ServerProcess) -> None:
+        """Start `server`, on the CPUs of --server-cpus when given."""
+        server.cpus = self.args.server_cpus
+        server.spawn()
 
     def load_data(self) -> None:
         """Generate and load the data set through the issuer API, then the demo policy and
@@ -270,7 +286,7 @@ class Harness:
             parent, child = ctx.Pipe()
             config = ClientConfig(index=index, targets=targets, cards=self.data.cards,
                                   run_id=self.run_id, seed=a.seed, channels=a.channels,
-                                  streams=a.streams)
+                                  streams=a.streams, cpus=a.client_cpus)
             process = ctx.Process(target=client_main, args=(child, config),
                                   name=f"e2e-client-{index}", daemon=True)
             process.start()
@@ -422,7 +438,7 @@ class Harness:
         self.compact_base_bytes = int(info.get("aof_base_size", 0))
 
     def _run(self, mode: str, level: str, op: str, args: dict[str, Any],
-             offered: float | None) -> Phase:
+             offered: float | None, wakeups_s: float = 0.0) -> Phase:
         self._compact_aof()
         self._settle()
         server, streaming = MODES[mode]
@@ -443,10 +459,14 @@ class Harness:
             for conn in self.conns:
                 if conn.recv() != "armed":
                     raise RuntimeError("a client process failed to prepare its requests")
+            if wakeups_s:
+                meter = WakeupMeter(wakeups_s, PHASE_WAKEUP_INTERVAL_S)
+                meter.start()
             t0 = time.perf_counter() + 0.05
             for conn in self.conns:
                 conn.send(t0)
         results: list[PhaseResult] = [conn.recv() for conn in self.conns]
+        wakeup_us = meter.result() if op == "open" and wakeups_s else None
         cpu_after, switches_after, ticks_after = self._cpu(), self._switches(), cpu_ticks()
         worker_cpu = [cpu_seconds([pid]) - b for pid, b in zip(workers, worker_cpu_before,
                                                                strict=True)]
@@ -471,6 +491,7 @@ class Harness:
                 name: round((switches_after[name] - switches_before[name]) / phase.completed, 2)
                 for name in switches_before}
         phase.cpu_stolen_share = stolen_share(ticks_before, ticks_after)
+        phase.wakeup_us = wakeup_us
         self.phases.append(phase)
         print(report.row(phase, server), flush=True)
         return phase
@@ -538,9 +559,12 @@ class Harness:
         a = self.args
         rate = self.saturation[of or mode] * percent / 100
         level = f"{percent}%" if of is None else f"{of} {percent}%"
+        # At the latency targets' load (Authorize's and the empty handler's at Authorize's
+        # rate), how late a sleeping process wakes beside it: the machine's part of a tail.
+        at_target = (of or mode) == "authorize" and percent == TARGET_PERCENT
         phase = self._run(mode, level, "open", {
             "rate": rate / a.clients, "duration_s": a.duration, "drain_s": a.drain,
-        }, rate)
+        }, rate, wakeups_s=a.duration if at_target else 0.0)
         time.sleep(a.pause)
         return phase
 
@@ -560,6 +584,9 @@ class Harness:
             core = self.decision_core
             print(f"decision core: policy {core['policy']} ({core['rules']} rules), model "
                   f"{core['model']} ({core['model_trees']} trees)", flush=True)
+        self.wakeups_idle = wakeups.measure(IDLE_WAKEUP_S[a.quick], IDLE_WAKEUP_INTERVAL_S)
+        print("wake-up lateness of a sleeping process, nothing driven: "
+              + report.wakeups(self.wakeups_idle), flush=True)
         print("starting the client processes", flush=True)
         self.start_clients()
         for name in self._servers():
@@ -695,6 +722,9 @@ class Harness:
             "targets": _targets(ratios, latency),
             "target_rounds": _target_rounds(ratio_rounds),
             "latency_floor_ms": _floor(latency),
+            "wakeup_us": {"idle": self.wakeups_idle, **{
+                f"{mode} at {level}": entry["wakeup_us"] for mode, entries in latency.items()
+                for level, entry in entries.items() if "wakeup_us" in entry}},
             "phases": [asdict(p) for p in self.phases],
             "saturation": saturation_detail,
             "machine": machine(self.redis),
@@ -702,6 +732,8 @@ class Harness:
                 "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.e2e",
                                      *sys.argv[1:]]),
                 "workers": a.workers, "client_processes": a.clients,
+                "server_cpus": sorted(a.server_cpus) if a.server_cpus else "any",
+                "client_cpus": sorted(a.client_cpus) if a.client_cpus else "any",
                 "channels_per_client_per_server": a.channels,
                 "streams_per_client": a.streams, "modes": list(a.modes),
                 "levels_percent": list(a.levels), "accounts": a.accounts, "cards": a.cards,
@@ -907,7 +939,7 @@ def _floor(latency: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     floor = latency.get("empty", {}).get(FLOOR_LEVEL)
     if not target or not floor:
         return None
-    keys = ("p50", "p99", "p999", "cores_busy")
+    keys = ("p50", "p99", "p999", "cores_busy", "wakeup_us")
     return {"offered_rps": target["offered_rps"],
             "authorize": {k: target.get(k) for k in (*keys, "stalls")},
             "empty": {k: floor.get(k) for k in keys}}
@@ -998,6 +1030,12 @@ def add_harness_arguments(p: argparse.ArgumentParser, results: str) -> None:
                         "between phases")
     p.add_argument("--keep-temp", action="store_true",
                    help="keep the temporary folder (server logs, Redis data)")
+    p.add_argument("--server-cpus", type=_cpu_list, default=None, metavar="LIST",
+                   help="pin the servers (their workers and the embedded Redis) to these CPUs, "
+                        "e.g. 0 or 0-3 (default: any)")
+    p.add_argument("--client-cpus", type=_cpu_list, default=None, metavar="LIST",
+                   help="pin the client processes to these CPUs (default: any); with "
+                        "--server-cpus, the load generator off the servers' cores")
 
 
 def resolve_harness_defaults(args: argparse.Namespace) -> None:
@@ -1005,6 +1043,21 @@ def resolve_harness_defaults(args: argparse.Namespace) -> None:
     quick = args.quick
     args.saturation_seconds = args.saturation_seconds or (2.0 if quick else 4.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.5)
+
+
+def _cpu_list(text: str) -> set[int]:
+    """`0,2-3` as {0, 2, 3}, for --server-cpus and --client-cpus."""
+    cpus: set[int] = set()
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CPUs like 0,2-3, got {text!r}") from None
+    if not cpus or not cpus <= os.sched_getaffinity(0):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: not CPUs of this machine's {sorted(os.sched_getaffinity(0))}")
+    return cpus
 
 
 def _environment_setting(text: str) -> tuple[str, str]:

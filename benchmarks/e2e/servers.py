@@ -45,6 +45,7 @@ class ServerProcess:
     port: int
     process: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    cpus: set[int] | None = None  # the CPUs it and its workers and Redis may run on
 
     @property
     def target(self) -> str:
@@ -58,9 +59,12 @@ class ServerProcess:
                                                           env.get("PYTHONPATH")]))
         env.update(self.extra_env)
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        cpus = self.cpus
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, cwd=REPO_ROOT, start_new_session=True)
+            self.process = subprocess.Popen(
+                self.args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+                start_new_session=True,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 
     def output(self) -> str:
         """Everything the server wrote so far."""

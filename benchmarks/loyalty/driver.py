@@ -16,6 +16,7 @@ pool really earned in its commits (and the "without" pool did not).
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -166,6 +167,8 @@ class LoyaltyDriver(Driver):
 
 def loyalty_client_main(conn: Connection, config: LoyaltyClientConfig) -> None:
     """Entry point of a client process (multiprocessing spawn target)."""
+    if config.cpus:
+        os.sched_setaffinity(0, config.cpus)
     try:
         uvloop.run(LoyaltyDriver(conn, config).serve())
     except KeyboardInterrupt:

@@ -100,7 +100,7 @@ class LoyaltyHarness(Harness):
         a = self.args
         self.payauth, self.metrics_port = payauth_server(self.folder, a.workers, None, None,
                                                          a.serve_arg)
-        self.payauth.spawn()
+        self.spawn(self.payauth)
         self.payauth.wait_serving()
         url = f"unix://{self.folder / 'payauth' / 'redis' / 'redis.sock'}"
         self.redis = redis.Redis.from_url(url, socket_timeout=10)
@@ -183,7 +183,7 @@ class LoyaltyHarness(Harness):
             config = LoyaltyClientConfig(
                 index=index, targets={"payauth": self.payauth.target}, cards=without,
                 run_id=self.run_id, seed=a.seed, channels=a.channels, member_cards=with_,
-                program_id=self.program_id, members=self.members)
+                program_id=self.program_id, members=self.members, cpus=a.client_cpus)
             process = ctx.Process(target=loyalty_client_main, args=(child, config),
                                   name=f"loyalty-client-{index}", daemon=True)
             process.start()
@@ -394,6 +394,8 @@ class LoyaltyHarness(Harness):
                 "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.loyalty",
                                      *sys.argv[1:]]),
                 "workers": a.workers, "client_processes": a.clients,
+                "server_cpus": sorted(a.server_cpus) if a.server_cpus else "any",
+                "client_cpus": sorted(a.client_cpus) if a.client_cpus else "any",
                 "channels_per_client": a.channels, "concurrency_per_client": a.concurrency,
                 "accounts": a.accounts, "cards": a.cards, "member_share": a.member_share,
                 "members": len(self.members), "rounds": a.rounds,
