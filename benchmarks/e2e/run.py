@@ -453,6 +453,7 @@ class Harness:
         args = {"server": server, "stream": streaming, **args}
         before = snapshot(self.metrics_port, self.redis)
         cpu_before, switches_before, ticks_before = self._cpu(), self._switches(), cpu_ticks()
+        meter: WakeupMeter | None = None
         for conn in self.conns:
             conn.send({"op": op, "args": args})
         if op == "open":
@@ -466,7 +467,7 @@ class Harness:
             for conn in self.conns:
                 conn.send(t0)
         results: list[PhaseResult] = [conn.recv() for conn in self.conns]
-        wakeup_us = meter.result() if op == "open" and wakeups_s else None
+        wakeup_us = meter.result() if meter else None
         cpu_after, switches_after, ticks_after = self._cpu(), self._switches(), cpu_ticks()
         worker_cpu = [cpu_seconds([pid]) - b for pid, b in zip(workers, worker_cpu_before,
                                                                strict=True)]
