@@ -1,4 +1,4 @@
-"""How late a sleeping process wakes up on this machine: the floor under every latency the
+"""How late a sleeping process wakes up on this machine: a floor under every latency the
 end-to-end benchmark measures.
 
 A request crosses processes several times (client, worker, Redis, worker, Redis, worker,
@@ -6,8 +6,8 @@ client), and each crossing wakes a process that was asleep: the answer can be no
 than the scheduler's wake-ups. One process per CPU, pinned to it, sleeps a fixed interval
 over and over and records how much later than asked it ran again (as `cyclictest` does,
 but through Python's `time.sleep`, as the server's and clients' event loops wait). Idle,
-that is the machine's own wake-up latency; beside a phase's load, it is what any process
-of that phase waited for a CPU once it was due to run.
+that is the machine's own wake-up latency; beside a phase's load, it is about what a process
+of that phase waits for a CPU once it is due to run.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -46,7 +46,8 @@ class WakeupMeter:
 
     seconds: float
     interval_s: float = 0.002
-    _processes: list[tuple[multiprocessing.process.BaseProcess, Connection]] | None = None
+    _processes: list[tuple[multiprocessing.process.BaseProcess, Connection]] | None = field(
+        default=None, init=False, repr=False)
 
     def start(self) -> None:
         """Spawn the processes, wait until each is ready, then let them all start."""
