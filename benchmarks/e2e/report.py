@@ -113,9 +113,12 @@ def summary(doc: dict[str, Any]) -> str:
         lines.append(f"Redis µs per authorization inside commands (its clock, so a command "
                      f"preempted on a busy machine counts long; FCALL's includes the commands "
                      f"its function runs): {in_commands}")
-    idle = doc.get("wakeup_us", {}).get("idle")
-    if idle:
-        lines.append(f"wake-up lateness of a sleeping process, nothing driven: {wakeups(idle)}")
+    idle = doc.get("wakeup_us", {})
+    if idle.get("idle"):
+        lines.append("wake-up lateness of a sleeping process, nothing driven: before the "
+                     f"phases {wakeups(idle['idle'])}"
+                     + (f"; after them {wakeups(idle['idle_after_phases'])}"
+                        if idle.get("idle_after_phases") else ""))
     floor = doc.get("latency_floor_ms")
     if floor:
         lines.append(

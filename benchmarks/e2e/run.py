@@ -226,7 +226,10 @@ class Harness:
         self.connection_split: dict[str, list[int]] = {}
         self.data: dataset.DataSet | None = None
         self.decision_core: dict[str, str | int] | None = None  # what load_data activated
-        self.wakeups_idle: dict[str, Any] | None = None  # the wake-up meter, nothing driven
+        # The wake-up meter with nothing driven, before the phases and after them: how the
+        # host itself changed while the run measured.
+        self.wakeups_idle: dict[str, Any] | None = None
+        self.wakeups_idle_after: dict[str, Any] | None = None
 
     # -- set-up and tear-down -----------------------------------------------------------------
 
@@ -608,6 +611,8 @@ class Harness:
             self.open_level("empty", TARGET_PERCENT, of="authorize")
         if "empty" not in a.modes:
             self._idle_window(2.0)
+        self.wakeups_idle_after = wakeups.measure(IDLE_WAKEUP_S[a.quick],
+                                                  IDLE_WAKEUP_INTERVAL_S)
         elapsed = time.perf_counter() - started
         return self.document(elapsed)
 
@@ -723,7 +728,8 @@ class Harness:
             "targets": _targets(ratios, latency),
             "target_rounds": _target_rounds(ratio_rounds),
             "latency_floor_ms": _floor(latency),
-            "wakeup_us": {"idle": self.wakeups_idle, **{
+            "wakeup_us": {"idle": self.wakeups_idle,
+                          "idle_after_phases": self.wakeups_idle_after, **{
                 f"{mode} at {level}": entry["wakeup_us"] for mode, entries in latency.items()
                 for level, entry in entries.items() if "wakeup_us" in entry}},
             "phases": [asdict(p) for p in self.phases],
