@@ -267,8 +267,7 @@ class Harness:
 
     def spawn(self, server: ServerProcess) -> None:
         """Start `server`, on the CPUs of --server-cpus when given."""
-        server.cpus = self.args.server_cpus
-        server.spawn()
+        server.spawn(self.args.server_cpus)
 
     def load_data(self) -> None:
         """Generate and load the data set through the issuer API, then the demo policy and
@@ -739,8 +738,7 @@ class Harness:
                 "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.e2e",
                                      *sys.argv[1:]]),
                 "workers": a.workers, "client_processes": a.clients,
-                "server_cpus": sorted(a.server_cpus) if a.server_cpus else "any",
-                "client_cpus": sorted(a.client_cpus) if a.client_cpus else "any",
+                **cpu_pinning(a),
                 "channels_per_client_per_server": a.channels,
                 "streams_per_client": a.streams, "modes": list(a.modes),
                 "levels_percent": list(a.levels), "accounts": a.accounts, "cards": a.cards,
@@ -1050,6 +1048,12 @@ def resolve_harness_defaults(args: argparse.Namespace) -> None:
     quick = args.quick
     args.saturation_seconds = args.saturation_seconds or (2.0 if quick else 4.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.5)
+
+
+def cpu_pinning(args: argparse.Namespace) -> dict[str, list[int] | str]:
+    """--server-cpus and --client-cpus as a run's config records them ("any" when unset)."""
+    return {"server_cpus": sorted(args.server_cpus) if args.server_cpus else "any",
+            "client_cpus": sorted(args.client_cpus) if args.client_cpus else "any"}
 
 
 def _cpu_list(text: str) -> set[int]:

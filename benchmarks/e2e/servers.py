@@ -45,21 +45,20 @@ class ServerProcess:
     port: int
     process: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
-    cpus: set[int] | None = None  # the CPUs it and its workers and Redis may run on
 
     @property
     def target(self) -> str:
         """The gRPC target of the server."""
         return f"127.0.0.1:{self.port}"
 
-    def spawn(self) -> None:
-        """Start the process; `wait_serving` waits for it."""
+    def spawn(self, cpus: set[int] | None = None) -> None:
+        """Start the process, on `cpus` when given (its workers and Redis inherit them);
+        `wait_serving` waits for it."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PAYAUTH_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                           env.get("PYTHONPATH")]))
         env.update(self.extra_env)
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        cpus = self.cpus
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 self.args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
