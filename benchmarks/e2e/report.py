@@ -50,6 +50,13 @@ def wakeups(figures: dict[str, Any]) -> str:
             f"{figures['interval_ms']:g} ms sleeps)")
 
 
+def fsyncs(figures: dict[str, Any]) -> str:
+    """The fsync meter's figures (`benchmarks.e2e.fsyncs`) on one line."""
+    return (" / ".join(f"{figures[k]}" for k in ("p50", "p99", "p999", "max"))
+            + f" µs (p50 / p99 / p99.9 / max; {figures['samples']} appends of "
+            f"{figures['append_bytes']} bytes)")
+
+
 def summary(doc: dict[str, Any]) -> str:
     """The headline figures of a run, as printed after the table."""
     sat = doc["saturation_rps"]
@@ -119,7 +126,20 @@ def summary(doc: dict[str, Any]) -> str:
                      f"phases {wakeups(idle['idle'])}"
                      + (f"; after them {wakeups(idle['idle_after_phases'])}"
                         if idle.get("idle_after_phases") else ""))
+    synced = doc.get("fsync_us", {})
+    if synced.get("idle"):
+        lines.append("fdatasync of an append to the AOF's disk, nothing driven: before the "
+                     f"phases {fsyncs(synced['idle'])}"
+                     + (f"; after them {fsyncs(synced['idle_after_phases'])}"
+                        if synced.get("idle_after_phases") else ""))
     floor = doc.get("latency_floor_ms")
+    if floor and floor.get("low_rate"):
+        low = floor["low_rate"]
+        lines.append(
+            f"latency at {low['level']} (a request seldom meets another): authorize "
+            + " / ".join(f"{low['authorize'][k]:.2f}" for k in ("p50", "p99", "p999"))
+            + " ms (p50 / p99 / p99.9); the empty handler "
+            + " / ".join(f"{low['empty'][k]:.2f}" for k in ("p50", "p99", "p999")) + " ms")
     if floor:
         lines.append(
             f"latency at Authorize's 50 % ({floor['offered_rps']:.0f}/s offered): authorize "

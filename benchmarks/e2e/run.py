@@ -42,7 +42,7 @@ import grpc  # noqa: E402
 import redis  # noqa: E402
 import uvloop  # noqa: E402
 
-from benchmarks.e2e import dataset, report, wakeups  # noqa: E402
+from benchmarks.e2e import dataset, fsyncs, report, wakeups  # noqa: E402
 from benchmarks.e2e.driver import (  # noqa: E402
     CHANNELS,
     STREAMS,
@@ -95,6 +95,12 @@ FLOOR_LEVEL = f"authorize {TARGET_PERCENT}%"
 IDLE_WAKEUP_S = {False: 5.0, True: 2.0}
 IDLE_WAKEUP_INTERVAL_S = 0.002
 PHASE_WAKEUP_INTERVAL_S = 0.004
+# The fsync meter (`fsyncs`): appends synced, idle before the clients start and after the last
+# phase (by --quick).
+FSYNC_COUNT = {False: 1000, True: 300}
+# The open-loop level every mode is offered first at the same fixed rate (--low-rate): a
+# request rarely meets another in flight, so its latency is what one request costs alone.
+LOW_RATE_RPS = 50.0
 
 
 @dataclass
@@ -230,6 +236,8 @@ class Harness:
         # host itself changed while the run measured.
         self.wakeups_idle: dict[str, Any] | None = None
         self.wakeups_idle_after: dict[str, Any] | None = None
+        self.fsync_idle: dict[str, Any] | None = None
+        self.fsync_idle_after: dict[str, Any] | None = None
 
     # -- set-up and tear-down -----------------------------------------------------------------
 
@@ -559,15 +567,28 @@ class Harness:
     def open_loop(self, mode: str, percent: int, of: str | None = None) -> Phase:
         """One open-loop level: `percent` of the saturation of mode `of` (by default its
         own), shared by the clients."""
-        a = self.args
         rate = self.saturation[of or mode] * percent / 100
         level = f"{percent}%" if of is None else f"{of} {percent}%"
         # At the latency targets' load (Authorize's and the empty handler's at Authorize's
         # rate), how late a sleeping process wakes beside it: the machine's part of a tail.
         at_target = (of or mode) == "authorize" and percent == TARGET_PERCENT
+        return self.open_loop_at(mode, rate, level, at_target)
+
+    def low_rate_level(self, mode: str) -> None:
+        """The open loop at --low-rate requests per second, the same for every mode, measured
+        again while the hypervisor stole too much of the CPU during it."""
+        rate = self.args.low_rate
+        self._measured_quietly(lambda: [self.open_loop_at(mode, rate, low_rate_level(rate))],
+                               ": measuring this level again")
+
+    def open_loop_at(self, mode: str, rate: float, level: str, wakeups: bool = False
+                     ) -> Phase:
+        """`mode` offered `rate` requests per second in all, shared by the clients, as level
+        `level`; with `wakeups`, the wake-up meter runs beside it."""
+        a = self.args
         phase = self._run(mode, level, "open", {
             "rate": rate / a.clients, "duration_s": a.duration, "drain_s": a.drain,
-        }, rate, wakeups_s=a.duration if at_target else 0.0)
+        }, rate, wakeups_s=a.duration if wakeups else 0.0)
         time.sleep(a.pause)
         return phase
 
@@ -590,6 +611,9 @@ class Harness:
         self.wakeups_idle = wakeups.measure(IDLE_WAKEUP_S[a.quick], IDLE_WAKEUP_INTERVAL_S)
         print("wake-up lateness of a sleeping process, nothing driven: "
               + report.wakeups(self.wakeups_idle), flush=True)
+        self.fsync_idle = fsyncs.measure(self.folder, FSYNC_COUNT[a.quick])
+        print("fdatasync of an append to the AOF's disk, nothing driven: "
+              + report.fsyncs(self.fsync_idle), flush=True)
         print("starting the client processes", flush=True)
         self.start_clients()
         for name in self._servers():
@@ -601,6 +625,9 @@ class Harness:
         for r in range(a.rounds):
             # A rotating order, so no mode always runs first (or right after another).
             self.saturation_round(a.modes[r % len(a.modes):] + a.modes[:r % len(a.modes)])
+        if a.low_rate:
+            for mode in a.modes:
+                self.low_rate_level(mode)
         for percent in a.levels:
             for mode in a.modes:
                 self.open_level(mode, percent)
@@ -612,6 +639,7 @@ class Harness:
             self._idle_window(2.0)
         self.wakeups_idle_after = wakeups.measure(IDLE_WAKEUP_S[a.quick],
                                                   IDLE_WAKEUP_INTERVAL_S)
+        self.fsync_idle_after = fsyncs.measure(self.folder, FSYNC_COUNT[a.quick])
         elapsed = time.perf_counter() - started
         return self.document(elapsed)
 
@@ -726,11 +754,13 @@ class Harness:
                                       for m, rounds in self.saturation_rounds.items()}},
             "targets": _targets(ratios, latency),
             "target_rounds": _target_rounds(ratio_rounds),
-            "latency_floor_ms": _floor(latency),
+            "latency_floor_ms": _floor(latency, low_rate_level(a.low_rate) if a.low_rate
+                                       else None, self.fsync_idle),
             "wakeup_us": {"idle": self.wakeups_idle,
                           "idle_after_phases": self.wakeups_idle_after, **{
                 f"{mode} at {level}": entry["wakeup_us"] for mode, entries in latency.items()
                 for level, entry in entries.items() if "wakeup_us" in entry}},
+            "fsync_us": {"idle": self.fsync_idle, "idle_after_phases": self.fsync_idle_after},
             "phases": [asdict(p) for p in self.phases],
             "saturation": saturation_detail,
             "machine": machine(self.redis),
@@ -741,7 +771,8 @@ class Harness:
                 **cpu_pinning(a),
                 "channels_per_client_per_server": a.channels,
                 "streams_per_client": a.streams, "modes": list(a.modes),
-                "levels_percent": list(a.levels), "accounts": a.accounts, "cards": a.cards,
+                "levels_percent": list(a.levels), "low_rate_rps": a.low_rate,
+                "accounts": a.accounts, "cards": a.cards,
                 "open_loop_seconds": a.duration, "saturation_seconds": a.saturation_seconds,
                 "warmup_seconds": a.warmup, "saturation_rounds": a.rounds,
                 "unary_concurrency_per_client": a.concurrency,
@@ -937,17 +968,31 @@ def _children_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_user_children"]) + float(info["used_cpu_sys_children"])
 
 
-def _floor(latency: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+def low_rate_level(rate: float) -> str:
+    """The name of the --low-rate level, e.g. "50/s"."""
+    return f"{rate:g}/s"
+
+
+def _floor(latency: dict[str, dict[str, Any]], low_level: str | None,
+           fsync_us: dict[str, Any] | None) -> dict[str, Any] | None:
     """Authorize's latency at its target load beside the empty handler's at the same offered
-    load: what payauth adds, and the floor the stack itself sets on this machine."""
+    load (what payauth adds, and the floor the stack itself sets on this machine), each one's
+    latency at the low rate (what a request costs alone), and the disk's fsync (what every
+    new authorization's commit waits for)."""
     target = latency.get("authorize", {}).get(f"{TARGET_PERCENT}%")
     floor = latency.get("empty", {}).get(FLOOR_LEVEL)
     if not target or not floor:
         return None
     keys = ("p50", "p99", "p999", "cores_busy", "wakeup_us")
-    return {"offered_rps": target["offered_rps"],
-            "authorize": {k: target.get(k) for k in (*keys, "stalls")},
-            "empty": {k: floor.get(k) for k in keys}}
+    doc: dict[str, Any] = {"offered_rps": target["offered_rps"],
+                           "authorize": {k: target.get(k) for k in (*keys, "stalls")},
+                           "empty": {k: floor.get(k) for k in keys}}
+    alone = {mode: latency.get(mode, {}).get(low_level or "") for mode in ("authorize", "empty")}
+    if all(alone.values()):
+        doc["low_rate"] = {"level": low_level, **{
+            mode: {k: entry[k] for k in ("p50", "p99", "p999")} for mode, entry in alone.items()}}
+    doc["fsync_us"] = fsync_us
+    return doc
 
 
 def _merge(mode: str, level: str, results: list[PhaseResult], offered: float | None,
@@ -1109,6 +1154,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated, of {', '.join(MODES)} (default %(default)s)")
     p.add_argument("--levels", default=",".join(map(str, DEFAULT_LEVELS)),
                    help="open-loop loads in percent of saturation (default %(default)s)")
+    p.add_argument("--low-rate", type=float, default=LOW_RATE_RPS,
+                   help="first open-loop level: every mode offered this many requests per "
+                        "second, a request seldom meeting another (default %(default)g; 0 "
+                        "none)")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds per open-loop level (default 8, quick 2)")
     p.add_argument("--ab-serve-arg", action="append", default=[],
