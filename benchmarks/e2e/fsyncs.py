@@ -6,7 +6,12 @@ after the AOF holds it on disk: every commit of an authorization waits for one `
 the file (shared with the other writes of Redis's event-loop turn). This appends what an
 authorization adds to the AOF (about 2 KB) to a file in the run's folder, on the same
 filesystem as the embedded Redis's AOF, and times each `fdatasync` (Redis's call for it on
-Linux), one after the other with nothing else driven.
+Linux), with nothing else driven: back to back (the disk's best), and with a pause between
+them, as Redis syncs below saturation. On a VM the second is the slower one: a sync after an
+idle moment took 3-4 times as long at the median as one right after another (2026-12-03
+17:00Z: 610-810 µs against 170-210 with pauses of 2-10 ms), and Redis's own `fdatasync` of
+the AOF, traced with `perf trace -e fdatasync` while Authorize ran one request at a time,
+took 645 µs at the median.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ LOWEST_US, HIGHEST_US, DIGITS = 1, 10_000_000, 3
 APPEND_BYTES = 2048
 
 
-def measure(folder: Path, count: int, append_bytes: int = APPEND_BYTES) -> dict[str, Any]:
-    """Append `append_bytes` and fdatasync, `count` times, to a new file in `folder` (removed
-    afterwards); each sync's duration in µs at p50, p99, p99.9 and max."""
+def measure(folder: Path, count: int, pause_s: float = 0.0,
+            append_bytes: int = APPEND_BYTES) -> dict[str, Any]:
+    """Append `append_bytes` and fdatasync, `count` times, `pause_s` apart, to a new file in
+    `folder` (removed afterwards); each sync's duration in µs at p50, p99, p99.9 and max."""
     histogram = HdrHistogram(LOWEST_US, HIGHEST_US, DIGITS)
     path = folder / "fsync-meter.bin"
     block = b"x" * append_bytes
@@ -38,10 +44,19 @@ def measure(folder: Path, count: int, append_bytes: int = APPEND_BYTES) -> dict[
             os.fdatasync(fd)
             micros = int((time.perf_counter() - started) * 1e6)
             histogram.record_value(min(max(micros, LOWEST_US), HIGHEST_US))
+            if pause_s:
+                time.sleep(pause_s)
     finally:
         os.close(fd)
         path.unlink(missing_ok=True)
-    return {"append_bytes": append_bytes, "samples": histogram.get_total_count(),
+    return {"append_bytes": append_bytes, "pause_ms": pause_s * 1000,
+            "samples": histogram.get_total_count(),
             **{name: histogram.get_value_at_percentile(q) for name, q in
                (("p50", 50.0), ("p99", 99.0), ("p999", 99.9))},
             "max": histogram.get_max_value()}
+
+
+def measure_both(folder: Path, count: int, pause_s: float) -> dict[str, dict[str, Any]]:
+    """`measure` back to back and `pause_s` apart, `count` syncs each."""
+    return {"back_to_back": measure(folder, count),
+            "paused": measure(folder, count, pause_s)}

@@ -50,11 +50,14 @@ def wakeups(figures: dict[str, Any]) -> str:
             f"{figures['interval_ms']:g} ms sleeps)")
 
 
-def fsyncs(figures: dict[str, Any]) -> str:
-    """The fsync meter's figures (`benchmarks.e2e.fsyncs`) on one line."""
-    return (" / ".join(f"{figures[k]}" for k in ("p50", "p99", "p999", "max"))
-            + f" µs (p50 / p99 / p99.9 / max; {figures['samples']} appends of "
-            f"{figures['append_bytes']} bytes)")
+def fsyncs(figures: dict[str, dict[str, Any]]) -> str:
+    """The fsync meter's figures (`benchmarks.e2e.fsyncs.measure_both`) on one line."""
+    def one(f: dict[str, Any]) -> str:
+        return " / ".join(f"{f[k]}" for k in ("p50", "p99", "p999", "max"))
+    back, paused = figures["back_to_back"], figures["paused"]
+    return (f"back to back {one(back)} µs, {paused['pause_ms']:g} ms apart {one(paused)} µs "
+            f"(p50 / p99 / p99.9 / max; {back['samples']} appends of {back['append_bytes']} "
+            "bytes each way)")
 
 
 def summary(doc: dict[str, Any]) -> str:

@@ -95,9 +95,10 @@ FLOOR_LEVEL = f"authorize {TARGET_PERCENT}%"
 IDLE_WAKEUP_S = {False: 5.0, True: 2.0}
 IDLE_WAKEUP_INTERVAL_S = 0.002
 PHASE_WAKEUP_INTERVAL_S = 0.004
-# The fsync meter (`fsyncs`): appends synced, idle before the clients start and after the last
-# phase (by --quick).
+# The fsync meter (`fsyncs`): appends synced, back to back and paused, idle before the clients
+# start and after the last phase (by --quick), and the pause.
 FSYNC_COUNT = {False: 1000, True: 300}
+FSYNC_PAUSE_S = 0.002
 # The open-loop level every mode is offered first at the same fixed rate (--low-rate): a
 # request rarely meets another in flight, so its latency is what one request costs alone.
 LOW_RATE_RPS = 50.0
@@ -611,7 +612,7 @@ class Harness:
         self.wakeups_idle = wakeups.measure(IDLE_WAKEUP_S[a.quick], IDLE_WAKEUP_INTERVAL_S)
         print("wake-up lateness of a sleeping process, nothing driven: "
               + report.wakeups(self.wakeups_idle), flush=True)
-        self.fsync_idle = fsyncs.measure(self.folder, FSYNC_COUNT[a.quick])
+        self.fsync_idle = fsyncs.measure_both(self.folder, FSYNC_COUNT[a.quick], FSYNC_PAUSE_S)
         print("fdatasync of an append to the AOF's disk, nothing driven: "
               + report.fsyncs(self.fsync_idle), flush=True)
         print("starting the client processes", flush=True)
@@ -639,7 +640,8 @@ class Harness:
             self._idle_window(2.0)
         self.wakeups_idle_after = wakeups.measure(IDLE_WAKEUP_S[a.quick],
                                                   IDLE_WAKEUP_INTERVAL_S)
-        self.fsync_idle_after = fsyncs.measure(self.folder, FSYNC_COUNT[a.quick])
+        self.fsync_idle_after = fsyncs.measure_both(self.folder, FSYNC_COUNT[a.quick],
+                                                    FSYNC_PAUSE_S)
         elapsed = time.perf_counter() - started
         return self.document(elapsed)
 
