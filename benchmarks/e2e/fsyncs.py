@@ -7,11 +7,9 @@ the file (shared with the other writes of Redis's event-loop turn). This appends
 authorization adds to the AOF (about 2 KB) to a file in the run's folder, on the same
 filesystem as the embedded Redis's AOF, and times each `fdatasync` (Redis's call for it on
 Linux), with nothing else driven: back to back (the disk's best), and with a pause between
-them, as Redis syncs below saturation. On a VM the second is the slower one: a sync after an
-idle moment took 3-4 times as long at the median as one right after another (2026-12-03
-17:00Z: 610-810 µs against 170-210 with pauses of 2-10 ms), and Redis's own `fdatasync` of
-the AOF, traced with `perf trace -e fdatasync` while Authorize ran one request at a time,
-took 645 µs at the median.
+them, as Redis syncs below saturation. On this VM the second is the slower one, two to four
+times at the median (benchmarks/e2e/README.md, "The disk's fsync"), and it is the one Redis's
+own syncs of the AOF matched while Authorize ran one request at a time.
 """
 
 from __future__ import annotations

@@ -575,11 +575,11 @@ class Harness:
         at_target = (of or mode) == "authorize" and percent == TARGET_PERCENT
         return self.open_loop_at(mode, rate, level, at_target)
 
-    def low_rate_level(self, mode: str) -> None:
+    def measure_low_rate(self, mode: str) -> None:
         """The open loop at --low-rate requests per second, the same for every mode, measured
         again while the hypervisor stole too much of the CPU during it."""
         rate = self.args.low_rate
-        self._measured_quietly(lambda: [self.open_loop_at(mode, rate, low_rate_level(rate))],
+        self._measured_quietly(lambda: [self.open_loop_at(mode, rate, low_rate_name(rate))],
                                ": measuring this level again")
 
     def open_loop_at(self, mode: str, rate: float, level: str, wakeups: bool = False
@@ -628,7 +628,7 @@ class Harness:
             self.saturation_round(a.modes[r % len(a.modes):] + a.modes[:r % len(a.modes)])
         if a.low_rate:
             for mode in a.modes:
-                self.low_rate_level(mode)
+                self.measure_low_rate(mode)
         for percent in a.levels:
             for mode in a.modes:
                 self.open_level(mode, percent)
@@ -756,8 +756,8 @@ class Harness:
                                       for m, rounds in self.saturation_rounds.items()}},
             "targets": _targets(ratios, latency),
             "target_rounds": _target_rounds(ratio_rounds),
-            "latency_floor_ms": _floor(latency, low_rate_level(a.low_rate) if a.low_rate
-                                       else None, self.fsync_idle),
+            "latency_floor_ms": _floor(latency, low_rate_name(a.low_rate) if a.low_rate else None,
+                                       self.fsync_idle),
             "wakeup_us": {"idle": self.wakeups_idle,
                           "idle_after_phases": self.wakeups_idle_after, **{
                 f"{mode} at {level}": entry["wakeup_us"] for mode, entries in latency.items()
@@ -970,7 +970,7 @@ def _children_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_user_children"]) + float(info["used_cpu_sys_children"])
 
 
-def low_rate_level(rate: float) -> str:
+def low_rate_name(rate: float) -> str:
     """The name of the --low-rate level, e.g. "50/s"."""
     return f"{rate:g}/s"
 
