@@ -123,18 +123,13 @@ def summary(doc: dict[str, Any]) -> str:
         lines.append(f"Redis µs per authorization inside commands (its clock, so a command "
                      f"preempted on a busy machine counts long; FCALL's includes the commands "
                      f"its function runs): {in_commands}")
-    idle = doc.get("wakeup_us", {})
-    if idle.get("idle"):
-        lines.append("wake-up lateness of a sleeping process, nothing driven: before the "
-                     f"phases {wakeups(idle['idle'])}"
-                     + (f"; after them {wakeups(idle['idle_after_phases'])}"
-                        if idle.get("idle_after_phases") else ""))
-    synced = doc.get("fsync_us", {})
-    if synced.get("idle"):
-        lines.append("fdatasync of an append to the AOF's disk, nothing driven: before the "
-                     f"phases {fsyncs(synced['idle'])}"
-                     + (f"; after them {fsyncs(synced['idle_after_phases'])}"
-                        if synced.get("idle_after_phases") else ""))
+    for what, key, text in (("wake-up lateness of a sleeping process", "wakeup_us", wakeups),
+                            ("fdatasync of an append to the AOF's disk", "fsync_us", fsyncs)):
+        idle = doc.get(key, {})
+        if idle.get("idle"):
+            lines.append(f"{what}, nothing driven: before the phases {text(idle['idle'])}"
+                         + (f"; after them {text(idle['idle_after_phases'])}"
+                            if idle.get("idle_after_phases") else ""))
     floor = doc.get("latency_floor_ms")
     if floor and floor.get("low_rate"):
         low = floor["low_rate"]
