@@ -449,10 +449,15 @@ async def _drain(tasks: set[asyncio.Task[None]], drain_s: float) -> int:
     return len(running)
 
 
+def pin_process(cpus: set[int] | None) -> None:
+    """Keep this process on `cpus` (--client-cpus); None or empty leaves it anywhere."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
 def client_main(conn: Connection, config: ClientConfig) -> None:
     """Entry point of a client process (multiprocessing spawn target)."""
-    if config.cpus:
-        os.sched_setaffinity(0, config.cpus)
+    pin_process(config.cpus)
     try:
         uvloop.run(Driver(conn, config).serve())
     except KeyboardInterrupt:

@@ -16,7 +16,6 @@ pool really earned in its commits (and the "without" pool did not).
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from benchmarks.e2e.driver import (
     PhaseResult,
     Recorder,
     error_label,
+    pin_process,
 )
 from benchmarks.e2e.mix import CHANNELS, COUNTRY_OF, MCCS, SMALL_AMOUNT_MINOR, Mix
 from payauth.clients.loyalty import EARN
@@ -167,8 +167,7 @@ class LoyaltyDriver(Driver):
 
 def loyalty_client_main(conn: Connection, config: LoyaltyClientConfig) -> None:
     """Entry point of a client process (multiprocessing spawn target)."""
-    if config.cpus:
-        os.sched_setaffinity(0, config.cpus)
+    pin_process(config.cpus)
     try:
         uvloop.run(LoyaltyDriver(conn, config).serve())
     except KeyboardInterrupt:
