@@ -609,10 +609,9 @@ class Harness:
             core = self.decision_core
             print(f"decision core: policy {core['policy']} ({core['rules']} rules), model "
                   f"{core['model']} ({core['model_trees']} trees)", flush=True)
-        self.wakeups_idle = wakeups.measure(IDLE_WAKEUP_S[a.quick], IDLE_WAKEUP_INTERVAL_S)
+        self.wakeups_idle, self.fsync_idle = self.machine_at_rest()
         print("wake-up lateness of a sleeping process, nothing driven: "
               + report.wakeups(self.wakeups_idle), flush=True)
-        self.fsync_idle = fsyncs.measure_both(self.folder, FSYNC_COUNT[a.quick], FSYNC_PAUSE_S)
         print("fdatasync of an append to the AOF's disk, nothing driven: "
               + report.fsyncs(self.fsync_idle), flush=True)
         print("starting the client processes", flush=True)
@@ -638,12 +637,16 @@ class Harness:
             self.open_level("empty", TARGET_PERCENT, of="authorize")
         if "empty" not in a.modes:
             self._idle_window(2.0)
-        self.wakeups_idle_after = wakeups.measure(IDLE_WAKEUP_S[a.quick],
-                                                  IDLE_WAKEUP_INTERVAL_S)
-        self.fsync_idle_after = fsyncs.measure_both(self.folder, FSYNC_COUNT[a.quick],
-                                                    FSYNC_PAUSE_S)
+        self.wakeups_idle_after, self.fsync_idle_after = self.machine_at_rest()
         elapsed = time.perf_counter() - started
         return self.document(elapsed)
+
+    def machine_at_rest(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The machine's floors with nothing driven: its wake-ups (`wakeups`) and its disk's
+        syncs (`fsyncs`)."""
+        a = self.args
+        return (wakeups.measure(IDLE_WAKEUP_S[a.quick], IDLE_WAKEUP_INTERVAL_S),
+                fsyncs.measure_both(self.folder, FSYNC_COUNT[a.quick], FSYNC_PAUSE_S))
 
     def _round_ratios(self, mode: str, base: str) -> list[float]:
         """`mode`'s saturation over `base`'s, round by round."""
