@@ -168,9 +168,21 @@ def summary(doc: dict[str, Any]) -> str:
     lines.append(f"run took {doc['config']['elapsed_seconds']:.0f} s (data load "
                  f"{doc['config']['load_seconds']:.0f} s)")
     rounds = doc.get("target_rounds", {})
+    intervals = doc.get("target_intervals", {})
+
+    def rounds_and_interval(target: str) -> str:
+        if target not in rounds:
+            return ""
+        met, total = rounds[target]
+        text = f" ({met} of {total} rounds"
+        if target in intervals:
+            i = intervals[target]
+            text += (f"; the median's {i['confidence']:.0%} interval {i['low']:.3f}-"
+                     f"{i['high']:.3f}: {i['verdict']}")
+        return text + ")"
+
     lines.append("targets: " + ", ".join(
-        f"{k}={'yes' if v else 'NO'}"
-        + (f" ({rounds[k][0]} of {rounds[k][1]} rounds)" if k in rounds else "")
+        f"{k}={'yes' if v else 'NO'}{rounds_and_interval(k)}"
         for k, v in doc["targets"].items()))
     return "\n".join(lines)
 

@@ -5,9 +5,9 @@ measured together compare: it starts `payauth serve` and the empty handler, load
 through the issuer API, starts the client processes, then
 
 1. measures each mode's saturation throughput (closed loop, many requests in flight), in
-   `--rounds` rounds, the modes in turn in a rotating order; each figure is the median of its
-   rounds and each ratio the median of the rounds' own ratios (modes of a round run one after
-   the other);
+   `--rounds` rounds, the modes in turn, the order reversed every other round; each figure is
+   the median of its rounds and each ratio the median of the rounds' own ratios (modes of a
+   round run one after the other), given with that median's confidence interval;
 2. for each load level (25/50/75/90/100 % of that mode's saturation) runs each mode in turn
    open loop, so slow drift of the machine hits all modes alike;
 3. counts Redis round trips and commands per authorization across the payauth phases;
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import multiprocessing
 import os
 import platform
@@ -81,7 +82,10 @@ MODES: dict[str, tuple[str, bool]] = {
 }
 # What the empty_redis handler waits for per call: the round trips of an Authorize (brief §4).
 EMPTY_REDIS_ROUND_TRIPS = 2
-DEFAULT_MODES = ("empty", "empty_redis", "empty_stream", "authorize", "stream")
+# The modes of each throughput target side by side (empty, authorize, stream), so that the
+# rounds' back-and-forth order (`round_order`) runs every target's pair one right after the
+# other.
+DEFAULT_MODES = ("empty_redis", "empty", "authorize", "stream", "empty_stream")
 DEFAULT_LEVELS = (25, 50, 75, 90, 100)
 # The throughput targets: the ratio each names, and the least it must be.
 RATIO_TARGETS = {"authorize_to_empty_at_least_0.5": ("authorize_to_empty", 0.5),
@@ -623,8 +627,7 @@ class Harness:
             self.connection_split.items()), flush=True)
         print(report.header(), flush=True)
         for r in range(a.rounds):
-            # A rotating order, so no mode always runs first (or right after another).
-            self.saturation_round(a.modes[r % len(a.modes):] + a.modes[:r % len(a.modes)])
+            self.saturation_round(round_order(a.modes, r))
         if a.low_rate:
             for mode in a.modes:
                 self.measure_low_rate(mode)
@@ -759,6 +762,7 @@ class Harness:
                                       for m, rounds in self.saturation_rounds.items()}},
             "targets": _targets(ratios, latency),
             "target_rounds": _target_rounds(ratio_rounds),
+            "target_intervals": _target_verdicts(ratio_rounds),
             "latency_floor_ms": _floor(latency, low_rate_name(a.low_rate) if a.low_rate else None,
                                        self.fsync_idle),
             "wakeup_us": {"idle": self.wakeups_idle,
@@ -953,6 +957,58 @@ def _targets(ratios: dict[str, float | None], latency: dict[str, dict[str, Any]]
         targets["authorize_p99_at_50pct_under_2ms"] = half["p99"] < 2.0
         targets["authorize_p999_at_50pct_under_5ms"] = half["p999"] < 5.0
     return targets
+
+
+def round_order(modes: list[str], round_index: int) -> list[str]:
+    """The order of the modes in saturation round `round_index`: as given in even rounds,
+    reversed in odd ones. Neighbours in `modes` then always run one right after the other,
+    each first in every other round, so a drift of the host's speed over the minutes of a run
+    moves both sides of a ratio alike and favours neither (what a rotating order did not do:
+    the pair it split ran up to a round's length apart)."""
+    return list(modes) if round_index % 2 == 0 else list(reversed(modes))
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> dict[str, float] | None:
+    """A distribution-free confidence interval of the median of `values`: the k-th smallest
+    and k-th largest value, for the largest k whose interval holds the true median with at
+    least `confidence` (each value falls on either side of it with probability 1/2, so the
+    count below it is binomial). Below six values no interval reaches 95 %: the widest one
+    (the smallest and the largest value) is given with the confidence it does reach. None
+    without values."""
+    n = len(values)
+    if n == 0:
+        return None
+    ordered = sorted(values)
+
+    def coverage(k: int) -> float:  # P(x_(k) <= median <= x_(n+1-k))
+        return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(k)) / 2.0**n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return {"low": ordered[k - 1], "high": ordered[n - k], "confidence": round(coverage(k), 3)}
+
+
+# Fewer rounds than this give no interval of the median worth a verdict (five: 94 %).
+VERDICT_MIN_ROUNDS = 5
+
+
+def _target_verdicts(ratio_rounds: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """Each throughput target against the confidence interval of its ratio's median: "met"
+    when the whole interval lies at or above the target, "not met" when it lies below,
+    "undecided" when the target falls inside (the host's noise in this run is larger than the
+    distance between the ratio and its target), "too few rounds" below VERDICT_MIN_ROUNDS."""
+    verdicts: dict[str, dict[str, Any]] = {}
+    for target, (name, least) in RATIO_TARGETS.items():
+        values = ratio_rounds.get(name, [])
+        interval = median_interval(values)
+        if interval is None:
+            continue
+        verdict = ("too few rounds" if len(values) < VERDICT_MIN_ROUNDS else
+                   "met" if interval["low"] >= least else
+                   "not met" if interval["high"] < least else "undecided")
+        verdicts[target] = {**interval, "verdict": verdict}
+    return verdicts
 
 
 def _target_rounds(ratio_rounds: dict[str, list[float]]) -> dict[str, list[int]]:
@@ -1174,7 +1230,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="modes authorize_b, stream_b: an environment variable for the second "
                         "payauth serve only (repeat for several)")
     p.add_argument("--rounds", type=int, default=None,
-                   help="saturation rounds, every mode once in each, in a rotating order; "
+                   help="saturation rounds, every mode once in each, the order reversed every "
+                        "other round; "
                         "figures are medians over the rounds (default 3, quick 1)")
     p.add_argument("--max-stolen", type=float, default=0.05,
                    help="a saturation round or open-loop level in which the hypervisor stole "
