@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from benchmarks.e2e.run import _target_verdicts, median_interval, round_order
+from benchmarks.e2e.targets import median_interval, round_order, target_verdicts
 
 
 def _binomial_coverage(n: int, k: int) -> float:
@@ -33,15 +33,15 @@ def test_median_interval_below_six_values_is_their_range_with_its_confidence() -
 
 
 def test_verdicts_follow_where_the_target_falls_against_the_interval() -> None:
-    verdicts = _target_verdicts({
+    verdicts = target_verdicts({
         "authorize_to_empty": [0.546, 0.558, 0.577, 0.613, 0.565],
         "stream_to_authorize": [1.249, 1.446, 1.410, 1.411, 1.617],
     })
     assert verdicts["authorize_to_empty_at_least_0.5"]["verdict"] == "met"
     assert verdicts["stream_to_authorize_at_least_1.5"]["verdict"] == "undecided"
-    below = _target_verdicts({"stream_to_authorize": [1.2, 1.3, 1.35, 1.4, 1.45, 1.3]})
+    below = target_verdicts({"stream_to_authorize": [1.2, 1.3, 1.35, 1.4, 1.45, 1.3]})
     assert below["stream_to_authorize_at_least_1.5"]["verdict"] == "not met"
-    few = _target_verdicts({"authorize_to_empty": [0.7, 0.8]})
+    few = target_verdicts({"authorize_to_empty": [0.7, 0.8]})
     assert few["authorize_to_empty_at_least_0.5"]["verdict"] == "too few rounds"
 
 

@@ -175,8 +175,10 @@ def summary(doc: dict[str, Any]) -> str:
             return ""
         met, total = rounds[target]
         text = f" ({met} of {total} rounds"
-        if target in intervals:
-            i = intervals[target]
+        i = intervals.get(target)
+        if i and i["verdict"] == "too few rounds":
+            text += "; too few rounds for the median's interval"
+        elif i:
             text += (f"; the median's {i['confidence']:.0%} interval {i['low']:.3f}-"
                      f"{i['high']:.3f}: {i['verdict']}")
         return text + ")"

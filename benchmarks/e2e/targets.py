@@ -1,0 +1,79 @@
+"""The throughput targets the end-to-end benchmark checks (authorize/empty, stream/authorize),
+and the verdicts a run's rounds give on them.
+
+Apart from the harness and on the standard library alone, so that the test suite checks these
+statistics without the benchmark's own dependencies.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# The throughput targets: the ratio each names, and the least it must be.
+RATIO_TARGETS = {"authorize_to_empty_at_least_0.5": ("authorize_to_empty", 0.5),
+                 "stream_to_authorize_at_least_1.5": ("stream_to_authorize", 1.5)}
+
+
+def round_order(modes: list[str], round_index: int) -> list[str]:
+    """The order of the modes in saturation round `round_index`: as given in even rounds,
+    reversed in odd ones. Neighbours in `modes` then always run one right after the other,
+    each first in every other round, so a drift of the host's speed over the minutes of a run
+    moves both sides of a ratio alike and favours neither (what a rotating order did not do:
+    the pair it split ran up to a round's length apart)."""
+    return list(modes) if round_index % 2 == 0 else list(reversed(modes))
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> dict[str, float] | None:
+    """A distribution-free confidence interval of the median of `values`: the k-th smallest
+    and k-th largest value, for the largest k whose interval holds the true median with at
+    least `confidence` (each value falls on either side of it with probability 1/2, so the
+    count below it is binomial). Below six values no interval reaches 95 %: the widest one
+    (the smallest and the largest value) is given with the confidence it does reach. None
+    without values."""
+    n = len(values)
+    if n == 0:
+        return None
+    ordered = sorted(values)
+
+    def coverage(k: int) -> float:  # P(x_(k) <= median <= x_(n+1-k))
+        return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(k)) / 2.0**n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return {"low": ordered[k - 1], "high": ordered[n - k], "confidence": round(coverage(k), 3)}
+
+
+# Fewer rounds than this give no interval of the median worth a verdict (five: 94 %).
+VERDICT_MIN_ROUNDS = 5
+
+
+def target_verdicts(ratio_rounds: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """Each throughput target against the confidence interval of its ratio's median: "met"
+    when the whole interval lies at or above the target, "not met" when it lies below,
+    "undecided" when the target falls inside (the host's noise in this run is larger than the
+    distance between the ratio and its target), "too few rounds" below VERDICT_MIN_ROUNDS."""
+    verdicts: dict[str, dict[str, Any]] = {}
+    for target, (name, least) in RATIO_TARGETS.items():
+        values = ratio_rounds.get(name, [])
+        interval = median_interval(values)
+        if interval is None:
+            continue
+        verdict = ("too few rounds" if len(values) < VERDICT_MIN_ROUNDS else
+                   "met" if interval["low"] >= least else
+                   "not met" if interval["high"] < least else "undecided")
+        verdicts[target] = {**interval, "verdict": verdict}
+    return verdicts
+
+
+def target_rounds(ratio_rounds: dict[str, list[float]]) -> dict[str, list[int]]:
+    """How many of the run's rounds meet each throughput target, as [rounds meeting it,
+    rounds]: on a shared host one round's ratio moves by more than a target's margin, so the
+    verdict on the median reads with how the rounds fell."""
+    counts: dict[str, list[int]] = {}
+    for target, (name, least) in RATIO_TARGETS.items():
+        values = ratio_rounds.get(name)
+        if values:
+            counts[target] = [sum(v >= least for v in values), len(values)]
+    return counts
