@@ -43,19 +43,27 @@ def row(phase: Any, server: str = "payauth") -> str:
     ))
 
 
+def _micros(figures: dict[str, Any]) -> str:
+    """A meter's p50 / p99 / p99.9 / max, in whole µs as it recorded them."""
+    return " / ".join(f"{figures[k]}" for k in ("p50", "p99", "p999", "max"))
+
+
+def _latency_ms(entry: dict[str, Any]) -> str:
+    """A level's p50 / p99 / p99.9 in ms."""
+    return " / ".join(f"{entry[k]:.2f}" for k in ("p50", "p99", "p999"))
+
+
 def wakeups(figures: dict[str, Any]) -> str:
     """The wake-up meter's figures (`benchmarks.e2e.wakeups`) on one line."""
-    return (" / ".join(f"{figures[k]}" for k in ("p50", "p99", "p999", "max"))
-            + f" µs (p50 / p99 / p99.9 / max; {figures['samples']} wake-ups of "
+    return (_micros(figures) + f" µs (p50 / p99 / p99.9 / max; {figures['samples']} wake-ups of "
             f"{figures['interval_ms']:g} ms sleeps)")
 
 
 def fsyncs(figures: dict[str, dict[str, Any]]) -> str:
     """The fsync meter's figures (`benchmarks.e2e.fsyncs.measure_both`) on one line."""
-    def one(f: dict[str, Any]) -> str:
-        return " / ".join(f"{f[k]}" for k in ("p50", "p99", "p999", "max"))
     back, paused = figures["back_to_back"], figures["paused"]
-    return (f"back to back {one(back)} µs, {paused['pause_ms']:g} ms apart {one(paused)} µs "
+    return (f"back to back {_micros(back)} µs, {paused['pause_ms']:g} ms apart "
+            f"{_micros(paused)} µs "
             f"(p50 / p99 / p99.9 / max; {back['samples']} appends of {back['append_bytes']} "
             "bytes each way)")
 
@@ -135,15 +143,13 @@ def summary(doc: dict[str, Any]) -> str:
         low = floor["low_rate"]
         lines.append(
             f"latency at {low['level']} (a request seldom meets another): authorize "
-            + " / ".join(f"{low['authorize'][k]:.2f}" for k in ("p50", "p99", "p999"))
-            + " ms (p50 / p99 / p99.9); the empty handler "
-            + " / ".join(f"{low['empty'][k]:.2f}" for k in ("p50", "p99", "p999")) + " ms")
+            f"{_latency_ms(low['authorize'])} ms (p50 / p99 / p99.9); the empty handler "
+            f"{_latency_ms(low['empty'])} ms")
     if floor:
         lines.append(
             f"latency at Authorize's 50 % ({floor['offered_rps']:.0f}/s offered): authorize "
-            + " / ".join(f"{floor['authorize'][k]:.2f}" for k in ("p50", "p99", "p999"))
-            + " ms (p50 / p99 / p99.9); the empty handler at the same load "
-            + " / ".join(f"{floor['empty'][k]:.2f}" for k in ("p50", "p99", "p999")) + " ms")
+            f"{_latency_ms(floor['authorize'])} ms (p50 / p99 / p99.9); the empty handler at "
+            f"the same load {_latency_ms(floor['empty'])} ms")
         late = [floor[name].get("wakeup_us") for name in ("authorize", "empty")]
         if None not in late:
             lines.append(f"wake-up lateness of a sleeping process at that load: authorize "
