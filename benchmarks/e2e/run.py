@@ -986,10 +986,12 @@ def _floor(latency: dict[str, dict[str, Any]], low_level: str | None,
     doc: dict[str, Any] = {"offered_rps": target["offered_rps"],
                            "authorize": {k: target.get(k) for k in (*keys, "stalls")},
                            "empty": {k: floor.get(k) for k in keys}}
-    alone = {mode: latency.get(mode, {}).get(low_level or "") for mode in ("authorize", "empty")}
-    if all(alone.values()):
-        doc["low_rate"] = {"level": low_level, **{
-            mode: {k: entry[k] for k in ("p50", "p99", "p999")} for mode, entry in alone.items()}}
+    if low_level:
+        alone = {mode: latency.get(mode, {}).get(low_level) for mode in ("authorize", "empty")}
+        if all(alone.values()):
+            doc["low_rate"] = {"level": low_level, **{
+                mode: {k: entry[k] for k in ("p50", "p99", "p999")}
+                for mode, entry in alone.items()}}
     doc["fsync_us"] = fsync_us
     return doc
 
