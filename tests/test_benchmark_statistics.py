@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import math
 
-from benchmarks.e2e.targets import median_interval, round_order, target_verdicts
+from benchmarks.e2e.targets import (
+    median_interval,
+    median_with_interval,
+    round_order,
+    target_verdicts,
+)
 
 
 def _binomial_coverage(n: int, k: int) -> float:
@@ -53,3 +58,12 @@ def test_rounds_run_neighbouring_modes_next_to_each_other_in_both_orders() -> No
     for order in orders:
         for a, b in (("empty", "authorize"), ("authorize", "stream")):
             assert abs(order.index(a) - order.index(b)) == 1
+
+
+def test_a_ratio_read_beside_the_targets_has_its_median_and_interval() -> None:
+    rounds = [1.730, 1.617, 1.807, 1.919, 1.517, 1.500, 1.628, 1.762, 1.594, 1.822, 1.950]
+    assert median_with_interval(rounds) == {"median": 1.73, "low": 1.517, "high": 1.919,
+                                            "confidence": 0.988}
+    assert median_with_interval([1.4, 1.6]) == {"median": 1.5, "low": 1.4, "high": 1.6,
+                                                "confidence": 0.5}
+    assert median_with_interval([]) is None

@@ -67,6 +67,7 @@ from benchmarks.e2e.servers import (  # noqa: E402
 )
 from benchmarks.e2e.targets import (  # noqa: E402
     RATIO_TARGETS,
+    median_with_interval,
     round_order,
     target_rounds,
     target_verdicts,
@@ -739,6 +740,9 @@ class Harness:
                     for mode, detail in saturation_detail.items()}
         stolen = [p.cpu_stolen_share for p in self.phases
                   if p.cpu_stolen_share is not None and not p.superseded]
+        # Authorize's server CPU over a stream message's, round by round: the ratio the
+        # stream would reach if the server had the cores to itself.
+        cpu_stream_rounds = self._cpu_ratios("stream", "authorize")
         doc: dict[str, Any] = {
             "saturation_rps": sat,
             # ratio_authorize_to_empty, ratio_stream_to_authorize, and those of the other
@@ -752,9 +756,8 @@ class Harness:
             "cpu_us_per_request_at_saturation": cpu,
             "cpu_ratio_authorize_to_empty": _ratio(cpu.get("empty", {}).get("server"),
                                                    cpu.get("authorize", {}).get("server")),
-            # Authorize's server CPU over a stream message's, round by round: the ratio the
-            # stream would reach if the server had the cores to itself.
-            "cpu_ratio_stream_to_authorize_rounds": self._cpu_ratios("stream", "authorize"),
+            "cpu_ratio_stream_to_authorize_rounds": cpu_stream_rounds,
+            "cpu_ratio_stream_to_authorize": median_with_interval(cpu_stream_rounds),
             "payauth_own_us_per_request": _own_work(cpu),
             "switches_per_request_at_saturation": switches,
             "cpu_stolen_share": {

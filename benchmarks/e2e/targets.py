@@ -8,6 +8,7 @@ statistics without the benchmark's own dependencies.
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 # The throughput targets: the ratio each names, and the least it must be.
@@ -43,6 +44,16 @@ def median_interval(values: list[float], confidence: float = 0.95) -> dict[str, 
     while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
         k += 1
     return {"low": ordered[k - 1], "high": ordered[n - k], "confidence": round(coverage(k), 3)}
+
+
+def median_with_interval(values: list[float]) -> dict[str, float] | None:
+    """The median of a ratio's rounds with its confidence interval (`median_interval`), for a
+    ratio that is read beside the targets rather than judged against one; None without
+    rounds."""
+    interval = median_interval(values)
+    if interval is None:
+        return None
+    return {"median": round(statistics.median(values), 3), **interval}
 
 
 # Fewer rounds than this give no interval of the median worth a verdict (five: 94 %).
