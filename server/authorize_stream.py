@@ -12,7 +12,9 @@ A request that cannot be decided gets an answer on the stream instead of an
 error that would end the stream for every other request: 30 (format error,
 with the field violations as reasons), 94 (request_id reused with another
 body), 91 (the state store did not answer; retry with the same request_id).
-None of these touched any state.
+The first two touched no state. After a 91 the commit may or may not have run
+(its reply is what did not come): the retry with the same request_id returns
+the decision taken, replayed, or takes it now.
 """
 
 from __future__ import annotations
