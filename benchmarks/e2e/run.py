@@ -48,6 +48,7 @@ from benchmarks.e2e.driver import (  # noqa: E402
     STREAMS,
     ClientConfig,
     PhaseResult,
+    client_environment,
     client_main,
     failed,
     new_histogram,
@@ -232,6 +233,7 @@ class Harness:
         self.tallies: dict[str, RedisTally] = {}
         self.load_s = 0.0
         self.compactions = 0  # AOF rewrites the harness asked for between phases
+        self.client_grpc_environment: dict[str, str] = {}  # what the clients started with
         self.compact_s = 0.0
         self.compact_cpu_s = 0.0  # their children's CPU
         self.compact_base_bytes = 0  # the last rewrite's file
@@ -300,16 +302,18 @@ class Harness:
         targets = {"payauth": self.payauth.target}
         targets.update({name: server.target for name, server in self.other_servers.items()})
         ctx = multiprocessing.get_context("spawn")
-        for index in range(a.clients):
-            parent, child = ctx.Pipe()
-            config = ClientConfig(index=index, targets=targets, cards=self.data.cards,
-                                  run_id=self.run_id, seed=a.seed, channels=a.channels,
-                                  streams=a.streams, cpus=a.client_cpus)
-            process = ctx.Process(target=client_main, args=(child, config),
-                                  name=f"e2e-client-{index}", daemon=True)
-            process.start()
-            self.conns.append(parent)
-            self.clients.append(process)
+        with client_environment() as environment:
+            self.client_grpc_environment = environment
+            for index in range(a.clients):
+                parent, child = ctx.Pipe()
+                config = ClientConfig(index=index, targets=targets, cards=self.data.cards,
+                                      run_id=self.run_id, seed=a.seed, channels=a.channels,
+                                      streams=a.streams, cpus=a.client_cpus)
+                process = ctx.Process(target=client_main, args=(child, config),
+                                      name=f"e2e-client-{index}", daemon=True)
+                process.start()
+                self.conns.append(parent)
+                self.clients.append(process)
         for conn in self.conns:
             if not conn.poll(120) or conn.recv() != "ready":
                 raise RuntimeError("a client process did not connect")
@@ -797,9 +801,11 @@ class Harness:
                 "ab_serve_env": dict(a.ab_serve_env),
                 # gRPC core's settings the servers' workers start with: payauth's own, unless
                 # this run's environment sets them (the client processes then inherit them
-                # too; otherwise they run with gRPC's defaults).
+                # too; otherwise they start with CLIENT_GRPC_ENVIRONMENT, since 2026-12-03
+                # 21:30Z, and gRPC's defaults before).
                 "grpc_environment": {name: os.environ.get(name, value)
                                      for name, value in GRPC_ENVIRONMENT.items()},
+                "client_grpc_environment": self.client_grpc_environment,
                 "max_stolen": a.max_stolen, "retries": a.retries,
                 "phases_measured_again": sum(p.superseded for p in self.phases),
                 "quick": a.quick, "seed": a.seed,

@@ -42,7 +42,7 @@ import uvloop  # noqa: E402
 
 from benchmarks.e2e import dataset  # noqa: E402
 from benchmarks.e2e import report as e2e_report  # noqa: E402
-from benchmarks.e2e.driver import CHANNELS  # noqa: E402
+from benchmarks.e2e.driver import CHANNELS, client_environment  # noqa: E402
 from benchmarks.e2e.run import (  # noqa: E402
     Harness,
     Phase,
@@ -179,17 +179,19 @@ class LoyaltyHarness(Harness):
         a = self.args
         without, with_ = self.pools()
         ctx = multiprocessing.get_context("spawn")
-        for index in range(a.clients):
-            parent, child = ctx.Pipe()
-            config = LoyaltyClientConfig(
-                index=index, targets={"payauth": self.payauth.target}, cards=without,
-                run_id=self.run_id, seed=a.seed, channels=a.channels, member_cards=with_,
-                program_id=self.program_id, members=self.members, cpus=a.client_cpus)
-            process = ctx.Process(target=loyalty_client_main, args=(child, config),
-                                  name=f"loyalty-client-{index}", daemon=True)
-            process.start()
-            self.conns.append(parent)
-            self.clients.append(process)
+        with client_environment() as environment:
+            self.client_grpc_environment = environment
+            for index in range(a.clients):
+                parent, child = ctx.Pipe()
+                config = LoyaltyClientConfig(
+                    index=index, targets={"payauth": self.payauth.target}, cards=without,
+                    run_id=self.run_id, seed=a.seed, channels=a.channels, member_cards=with_,
+                    program_id=self.program_id, members=self.members, cpus=a.client_cpus)
+                process = ctx.Process(target=loyalty_client_main, args=(child, config),
+                                      name=f"loyalty-client-{index}", daemon=True)
+                process.start()
+                self.conns.append(parent)
+                self.clients.append(process)
         for conn in self.conns:
             if not conn.poll(120) or conn.recv() != "ready":
                 raise RuntimeError("a client process did not connect")
@@ -411,6 +413,7 @@ class LoyaltyHarness(Harness):
                 "quick": a.quick, "seed": a.seed, "run_id": self.run_id,
                 "load_seconds": round(self.load_s, 1), "enroll_seconds": round(self.enroll_s, 1),
                 "connections_per_worker": self.connection_split.get("payauth", []),
+                "client_grpc_environment": self.client_grpc_environment,
                 "elapsed_seconds": round(elapsed_s, 1),
                 "histogram": "HdrHistogram 1 us..60 s, 3 significant digits, merged",
             },
