@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("mode", "load", "offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms",
-           "max ms", "lag p99", "n", "failed", "forks", "stolen", "cpu us/req srv+redis")
-WIDTHS = (12, 13, 9, 10, 8, 8, 9, 8, 7, 7, 6, 5, 6, 20)
+           "max ms", "lag p99", "n", "failed", "forks", "redis stall", "stolen",
+           "cpu us/req srv+redis")
+WIDTHS = (12, 13, 9, 10, 8, 8, 9, 8, 7, 7, 6, 5, 11, 6, 20)
 
 
 def _line(values: tuple[str, ...]) -> str:
@@ -38,6 +39,7 @@ def row(phase: Any, server: str = "payauth") -> str:
         "-" if phase.send_lag_ms is None else f"{phase.send_lag_ms['p99']:.2f}",
         str(phase.completed),
         str(phase.incomplete + phase.errors), str(phase.redis_forks),
+        f"{max(phase.redis_stalls_ms.values())} ms" if phase.redis_stalls_ms else "-",
         "-" if phase.cpu_stolen_share is None else f"{100 * phase.cpu_stolen_share:.0f}%",
         cpu_text,
     ))
@@ -66,6 +68,19 @@ def fsyncs(figures: dict[str, dict[str, Any]]) -> str:
             f"{_micros(paused)} µs "
             f"(p50 / p99 / p99.9 / max; {back['samples']} appends of {back['append_bytes']} "
             "bytes each way)")
+
+
+def redis_stalls(phases: list[dict[str, Any]]) -> str:
+    """For each kind of event Redis's latency monitor recorded, in how many of `phases` (as
+    in the JSON) and the longest; "none" when it recorded nothing."""
+    kinds: dict[str, list[int]] = {}
+    for phase in phases:
+        for kind, ms in phase.get("redis_stalls_ms", {}).items():
+            kinds.setdefault(kind, []).append(ms)
+    if not kinds:
+        return "none"
+    return ", ".join(f"{kind} in {len(ms)} of {len(phases)} phases, the longest {max(ms)} ms"
+                     for kind, ms in sorted(kinds.items()))
 
 
 def summary(doc: dict[str, Any]) -> str:
@@ -119,6 +134,11 @@ def summary(doc: dict[str, Any]) -> str:
                      + (f" ({again} phases measured again for more than "
                         f"{100 * doc['config']['max_stolen']:.0f} % stolen, left out)"
                         if again else ""))
+    threshold = doc.get("config", {}).get("redis_stall_threshold_ms")
+    if threshold:
+        lines.append(f"Redis's latency monitor (its main thread held {threshold} ms or more): "
+                     + redis_stalls([p for p in doc.get("phases", [])
+                                     if not p.get("superseded")]))
     if "round_trips_per_authorize" in r:
         lines.append(
             f"Redis per authorization ({r['authorizations']} decisions): "

@@ -107,6 +107,10 @@ PHASE_WAKEUP_INTERVAL_S = 0.004
 # start and after the last phase (by --quick), and the pause.
 FSYNC_COUNT = {False: 1000, True: 300}
 FSYNC_PAUSE_S = 0.002
+# Redis's latency monitor records what its main thread waited at least this long for (an AOF
+# fsync, a fork, a command): on this VM's disk an fsync took up to 0.7 s at times (RUNS.md,
+# "Looked at, 2026-12-03 20:40-21:20Z"), past payauth's 0.5 s Redis budget.
+REDIS_STALL_THRESHOLD_MS = 50
 # The open-loop level every mode is offered first at the same fixed rate (--low-rate): a
 # request rarely meets another in flight, so its latency is what one request costs alone.
 LOW_RATE_RPS = 50.0
@@ -139,6 +143,10 @@ class Phase:
     # the child takes a core for a while, so a level's tail can be theirs.
     redis_forks: int = 0
     redis_fork_ms: float | None = None  # the last one's fork time
+    # The embedded Redis's latency monitor over the phase: for each kind of event at or over
+    # REDIS_STALL_THRESHOLD_MS (`aof-fsync-always`: an fsync its main thread waited for;
+    # `fork`, `command` ...), the longest in ms. Every client of Redis waits through them.
+    redis_stalls_ms: dict[str, int] = field(default_factory=dict)
     # Context switches per request of each process group (every thread): each one a thread
     # put to sleep and woken, the cost that per-message transports pay in wake-ups.
     switches_per_request: dict[str, float] = field(default_factory=dict)
@@ -168,6 +176,7 @@ class Phase:
                 "failed": self.errors + self.incomplete, "send_lag_ms": self.send_lag_ms,
                 "redis_forks": self.redis_forks, "cores_busy": self.cores_busy(),
                 "cpu_stolen_share": self.cpu_stolen_share,
+                **({"redis_stalls_ms": self.redis_stalls_ms} if self.redis_stalls_ms else {}),
                 **({"stalls": self.stalls} if self.stalls else {}),
                 **({"wakeup_us": self.wakeup_us} if self.wakeup_us else {})}
 
@@ -234,6 +243,7 @@ class Harness:
         self.load_s = 0.0
         self.compactions = 0  # AOF rewrites the harness asked for between phases
         self.client_grpc_environment: dict[str, str] = {}  # what the clients started with
+        self.watch_redis_stalls = False  # Redis's latency monitor read around each phase
         self.compact_s = 0.0
         self.compact_cpu_s = 0.0  # their children's CPU
         self.compact_base_bytes = 0  # the last rewrite's file
@@ -276,6 +286,9 @@ class Harness:
         for server in self.other_servers.values():
             server.wait_serving()
         self.redis = redis.Redis.from_url(url, socket_timeout=10)
+        if not a.redis_url:  # the embedded Redis is the harness's own to configure
+            self.redis.config_set("latency-monitor-threshold", REDIS_STALL_THRESHOLD_MS)
+            self.watch_redis_stalls = True
         tree = self.payauth.tree()
         self.cpu_groups["payauth"] = [p for p, name in tree.items() if name != "redis-server"]
         self.redis_pids = [p for p, name in tree.items() if name == "redis-server"]
@@ -473,6 +486,8 @@ class Harness:
         workers = sorted(spread)
         worker_cpu_before = [cpu_seconds([pid]) for pid in workers]
         args = {"server": server, "stream": streaming, **args}
+        if self.watch_redis_stalls:
+            self.redis.execute_command("LATENCY", "RESET")
         before = snapshot(self.metrics_port, self.redis)
         cpu_before, switches_before, ticks_before = self._cpu(), self._switches(), cpu_ticks()
         meter: WakeupMeter | None = None
@@ -499,6 +514,8 @@ class Harness:
         phase.redis_forks = after.forks - before.forks
         if phase.redis_forks:
             phase.redis_fork_ms = after.latest_fork_usec / 1000
+        if self.watch_redis_stalls:
+            phase.redis_stalls_ms = self._redis_stalls()
         if server == "payauth":
             phase.server_mean_ms = _server_means(before, after)
             phase.stalls = _stalls(before, after)
@@ -672,6 +689,13 @@ class Harness:
         return [r for a, b in pairs if (r := _ratio(_server_us(b.mode, b.cpu_us_per_request),
                                                     _server_us(a.mode, a.cpu_us_per_request)))]
 
+    def _redis_stalls(self) -> dict[str, int]:
+        """The longest event of each kind Redis's latency monitor recorded since its last
+        reset (`LATENCY LATEST`: event, time, latest ms, longest ms)."""
+        latest = self.redis.execute_command("LATENCY", "LATEST") or []
+        return {(e[0].decode() if isinstance(e[0], bytes) else str(e[0])): int(e[3])
+                for e in latest}
+
     def _idle_window(self, seconds: float) -> None:
         """Counters over a window without traffic: the Redis traffic of the server at rest."""
         before = snapshot(self.metrics_port, self.redis)
@@ -806,6 +830,8 @@ class Harness:
                 "grpc_environment": {name: os.environ.get(name, value)
                                      for name, value in GRPC_ENVIRONMENT.items()},
                 "client_grpc_environment": self.client_grpc_environment,
+                "redis_stall_threshold_ms": (REDIS_STALL_THRESHOLD_MS
+                                             if self.watch_redis_stalls else None),
                 "max_stolen": a.max_stolen, "retries": a.retries,
                 "phases_measured_again": sum(p.superseded for p in self.phases),
                 "quick": a.quick, "seed": a.seed,
