@@ -4,7 +4,9 @@ It listens on a unix socket only, keeps its data under the data folder with
 AOF on and `appendfsync always` (an approved hold is on disk before its answer
 is sent), and dies with the server: it is stopped with SIGTERM (a clean Redis
 shutdown) and, should the server itself be killed, the kernel sends it SIGTERM
-too (PR_SET_PDEATHSIG).
+too (PR_SET_PDEATHSIG). Its latency monitor is on, so that `LATENCY LATEST`
+names what held its main thread when calls time out (an AOF fsync the disk took
+long over, a fork).
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ import redis
 from payauth.server.lifelines import die_with_parent
 
 _MAX_UNIX_SOCKET_PATH = 107
+
+# Events that hold the embedded Redis's main thread this long or longer are recorded by its
+# latency monitor (`LATENCY LATEST`, `LATENCY DOCTOR`): with `appendfsync always` every call
+# in flight waits through a slow fsync, and past --redis-timeout it fails.
+LATENCY_MONITOR_THRESHOLD_MS = 100
 
 
 class EmbeddedRedis:
@@ -60,6 +67,7 @@ class EmbeddedRedis:
             f"logfile {self.folder / 'redis.log'}",
             "appendonly yes",
             "appendfsync always",
+            f"latency-monitor-threshold {LATENCY_MONITOR_THRESHOLD_MS}",
             'save ""',
             "daemonize no",
             "",
