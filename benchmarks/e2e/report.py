@@ -109,12 +109,12 @@ def summary(doc: dict[str, Any]) -> str:
                                          if "workers" in c else "")
             for m, c in cpu.items()) + f"; empty/authorize {doc['cpu_ratio_authorize_to_empty']}")
     if doc.get("cpu_ratio_stream_to_authorize_rounds"):
-        summary = doc.get("cpu_ratio_stream_to_authorize")
+        by_cpu = doc.get("cpu_ratio_stream_to_authorize")
         lines.append("server CPU per Authorize over per stream message, by round (the "
                      "stream/authorize ratio of a server with the cores to itself): " + ", ".join(
                          f"{r:.3f}" for r in doc["cpu_ratio_stream_to_authorize_rounds"])
-                     + (f"; median {summary['median']:.3f}, its {summary['confidence']:.0%} "
-                        f"interval {summary['low']:.3f}-{summary['high']:.3f}" if summary else ""))
+                     + (f"; median {by_cpu['median']:.3f}, its {by_cpu['confidence']:.0%} "
+                        f"interval {by_cpu['low']:.3f}-{by_cpu['high']:.3f}" if by_cpu else ""))
     own = doc.get("payauth_own_us_per_request")
     if own:
         lines.append("payauth's own worker CPU per request (its workers' less the empty "
