@@ -314,16 +314,23 @@ class Harness:
         a = self.args
         targets = {"payauth": self.payauth.target}
         targets.update({name: server.target for name, server in self.other_servers.items()})
+        self.spawn_clients(client_main, "e2e-client", [
+            ClientConfig(index=index, targets=targets, cards=self.data.cards,
+                         run_id=self.run_id, seed=a.seed, channels=a.channels,
+                         streams=a.streams, cpus=a.client_cpus)
+            for index in range(a.clients)])
+
+    def spawn_clients(self, main: Callable[[Connection, Any], None], name: str,
+                      configs: list[Any]) -> None:
+        """One client process per config, running `main(pipe, config)`, started with
+        CLIENT_GRPC_ENVIRONMENT; returns once each has said it is connected."""
         ctx = multiprocessing.get_context("spawn")
         with client_environment() as environment:
             self.client_grpc_environment = environment
-            for index in range(a.clients):
+            for index, config in enumerate(configs):
                 parent, child = ctx.Pipe()
-                config = ClientConfig(index=index, targets=targets, cards=self.data.cards,
-                                      run_id=self.run_id, seed=a.seed, channels=a.channels,
-                                      streams=a.streams, cpus=a.client_cpus)
-                process = ctx.Process(target=client_main, args=(child, config),
-                                      name=f"e2e-client-{index}", daemon=True)
+                process = ctx.Process(target=main, args=(child, config),
+                                      name=f"{name}-{index}", daemon=True)
                 process.start()
                 self.conns.append(parent)
                 self.clients.append(process)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import os
 import random
 import secrets
@@ -42,7 +41,7 @@ import uvloop  # noqa: E402
 
 from benchmarks.e2e import dataset  # noqa: E402
 from benchmarks.e2e import report as e2e_report  # noqa: E402
-from benchmarks.e2e.driver import CHANNELS, client_environment  # noqa: E402
+from benchmarks.e2e.driver import CHANNELS  # noqa: E402
 from benchmarks.e2e.run import (  # noqa: E402
     Harness,
     Phase,
@@ -178,23 +177,12 @@ class LoyaltyHarness(Harness):
         """Spawn the client processes and wait until each is connected."""
         a = self.args
         without, with_ = self.pools()
-        ctx = multiprocessing.get_context("spawn")
-        with client_environment() as environment:
-            self.client_grpc_environment = environment
-            for index in range(a.clients):
-                parent, child = ctx.Pipe()
-                config = LoyaltyClientConfig(
-                    index=index, targets={"payauth": self.payauth.target}, cards=without,
-                    run_id=self.run_id, seed=a.seed, channels=a.channels, member_cards=with_,
-                    program_id=self.program_id, members=self.members, cpus=a.client_cpus)
-                process = ctx.Process(target=loyalty_client_main, args=(child, config),
-                                      name=f"loyalty-client-{index}", daemon=True)
-                process.start()
-                self.conns.append(parent)
-                self.clients.append(process)
-        for conn in self.conns:
-            if not conn.poll(120) or conn.recv() != "ready":
-                raise RuntimeError("a client process did not connect")
+        self.spawn_clients(loyalty_client_main, "loyalty-client", [
+            LoyaltyClientConfig(
+                index=index, targets={"payauth": self.payauth.target}, cards=without,
+                run_id=self.run_id, seed=a.seed, channels=a.channels, member_cards=with_,
+                program_id=self.program_id, members=self.members, cpus=a.client_cpus)
+            for index in range(a.clients)])
 
     # -- phases ---------------------------------------------------------------------------------
 
