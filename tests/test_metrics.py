@@ -35,20 +35,27 @@ def test_metrics_count_decisions_across_workers(payauth: PayauthProcess, issuer:
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0) - before.get(key, 0)
 
-    # Workers write their counts at most a flush interval (0.1 s) after the fact.
+    expected = {
+        ("payauth_rpc_requests_total", (("code", "OK"), ("method", "Authorize"))): 4,
+        ("payauth_decisions_total", (("decision", "APPROVE"), ("response_code", "00"))): 3,
+        ("payauth_decisions_total", (("decision", "DECLINE"), ("response_code", "51"))): 1,
+        ("payauth_replays_total", (("method", "Authorize"),)): 1,
+        ("payauth_rpc_latency_seconds_count", (("method", "Authorize"),)): 4,
+        ("payauth_redis_latency_seconds_count", (("operation", "authorize_commit"),)): 3,
+    }
+
+    def grown(after: dict) -> dict:
+        return {key: after.get(key, 0) - before.get(key, 0) for key in expected}
+
+    # Workers write their counts at most a flush interval (0.1 s) after the fact, and a
+    # scrape can fall between the values one flush writes: look again until every figure
+    # has arrived.
     deadline = time.monotonic() + 5
-    after = _samples(payauth)
-    while time.monotonic() < deadline and (
-            grew(after, "payauth_redis_latency_seconds_count", operation="authorize_commit") < 3
-            or grew(after, "payauth_rpc_latency_seconds_count", method="Authorize") < 4):
+    figures = grown(_samples(payauth))
+    while time.monotonic() < deadline and figures != expected:
         time.sleep(0.05)
-        after = _samples(payauth)
-    assert grew(after, "payauth_rpc_requests_total", method="Authorize", code="OK") == 4
-    assert grew(after, "payauth_decisions_total", decision="APPROVE", response_code="00") == 3
-    assert grew(after, "payauth_decisions_total", decision="DECLINE", response_code="51") == 1
-    assert grew(after, "payauth_replays_total", method="Authorize") == 1
-    assert grew(after, "payauth_rpc_latency_seconds_count", method="Authorize") == 4
-    assert grew(after, "payauth_redis_latency_seconds_count", operation="authorize_commit") == 3
+        figures = grown(_samples(payauth))
+    assert figures == expected
 
 
 def test_dashboard_queries_name_real_metrics() -> None:
