@@ -31,10 +31,6 @@ def test_metrics_count_decisions_across_workers(payauth: PayauthProcess, issuer:
         acquirer.authorize(request)
     acquirer.authorize(requests[0])  # a replay
 
-    def grew(after: dict, name: str, **labels: str) -> float:
-        key = (name, tuple(sorted(labels.items())))
-        return after.get(key, 0) - before.get(key, 0)
-
     expected = {
         ("payauth_rpc_requests_total", (("code", "OK"), ("method", "Authorize"))): 4,
         ("payauth_decisions_total", (("decision", "APPROVE"), ("response_code", "00"))): 3,
