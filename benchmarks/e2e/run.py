@@ -700,8 +700,7 @@ class Harness:
         """The longest event of each kind Redis's latency monitor recorded since its last
         reset (`LATENCY LATEST`: event, time, latest ms, longest ms)."""
         latest = self.redis.execute_command("LATENCY", "LATEST") or []
-        return {(e[0].decode() if isinstance(e[0], bytes) else str(e[0])): int(e[3])
-                for e in latest}
+        return {event.decode(): int(longest) for event, _, _, longest in latest}
 
     def _idle_window(self, seconds: float) -> None:
         """Counters over a window without traffic: the Redis traffic of the server at rest."""
