@@ -1,11 +1,13 @@
 """The e2e benchmark's statistics: the confidence interval of a median and the verdicts taken
-on it, and the order of the modes in its rounds."""
+on it, the latency targets against the empty handler's floor, and the order of the modes in its
+rounds."""
 
 from __future__ import annotations
 
 import math
 
 from benchmarks.e2e.targets import (
+    latency_target_floor,
     median_interval,
     median_with_interval,
     round_order,
@@ -67,3 +69,56 @@ def test_a_ratio_read_beside_the_targets_has_its_median_and_interval() -> None:
     assert median_with_interval([1.4, 1.6]) == {"median": 1.5, "low": 1.4, "high": 1.6,
                                                 "confidence": 0.5}
     assert median_with_interval([]) is None
+
+
+def _floor(authorize: tuple[float, float], empty: tuple[float, float],
+           empty_redis: tuple[float, float] | None = None,
+           alone: tuple[float, float] | None = None) -> dict:
+    """A `latency_floor_ms` as the harness writes it, with (p99, p99.9) figures."""
+    def figures(p99_p999: tuple[float, float]) -> dict:
+        return {"p50": 0.5, "p99": p99_p999[0], "p999": p99_p999[1]}
+
+    floor = {"offered_rps": 900.0, "authorize": figures(authorize), "empty": figures(empty)}
+    if empty_redis:
+        floor["empty_redis"] = figures(empty_redis)
+    if alone:
+        floor["low_rate"] = {"level": "50/s", "authorize": figures((3.0, 4.0)),
+                             "empty": figures(alone)}
+    return floor
+
+
+def test_a_latency_target_the_empty_handler_misses_lies_below_the_stacks_floor() -> None:
+    reach = latency_target_floor(_floor(authorize=(16.9, 22.9), empty=(7.1, 4.2),
+                                        alone=(3.2, 6.7)))
+    # The empty handler's p99 at the same load (7.1 ms) misses 2 ms: no handler reaches it.
+    assert reach["authorize_p99_at_50pct_under_2ms"] == {
+        "bound_ms": 2.0, "authorize_ms": 16.9, "floors_ms": {"empty": 7.1},
+        "alone_ms": {"empty": 3.2}, "verdict": "below the stack's floor"}
+    # Its p99.9 (4.2 ms) is under 5 ms and no design floor was measured: payauth's own miss.
+    assert reach["authorize_p999_at_50pct_under_5ms"]["verdict"] == "missed"
+
+
+def test_a_latency_target_only_the_design_floor_misses_lies_below_it() -> None:
+    reach = latency_target_floor(_floor(authorize=(16.9, 22.9), empty=(1.5, 4.2),
+                                        empty_redis=(2.4, 4.9)))
+    assert [v["verdict"] for v in reach.values()] == ["below the design's floor", "missed"]
+    assert reach["authorize_p999_at_50pct_under_5ms"]["floors_ms"] == {"empty": 4.2,
+                                                                       "empty_redis": 4.9}
+    assert reach["authorize_p999_at_50pct_under_5ms"]["alone_ms"] == {}
+    # Both floors missing a bound: the lower one, the stack's, is named.
+    both = latency_target_floor(_floor(authorize=(16.9, 22.9), empty=(2.5, 4.2),
+                                       empty_redis=(3.0, 6.0)))
+    assert [v["verdict"] for v in both.values()] == ["below the stack's floor",
+                                                     "below the design's floor"]
+
+
+def test_a_latency_target_authorize_reaches_is_met_whatever_the_floor() -> None:
+    reach = latency_target_floor(_floor(authorize=(1.9, 4.9), empty=(2.5, 6.0)))
+    assert [v["verdict"] for v in reach.values()] == ["met", "met"]
+    # On the bound is not under it: the empty handler at exactly 2 ms misses it too.
+    at_bound = latency_target_floor(_floor(authorize=(2.0, 9.0), empty=(2.0, 4.99)))
+    assert [v["verdict"] for v in at_bound.values()] == ["below the stack's floor", "missed"]
+
+
+def test_no_floor_gives_no_latency_verdicts() -> None:
+    assert latency_target_floor(None) == {}

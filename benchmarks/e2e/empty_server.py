@@ -9,11 +9,13 @@ AuthorizeResponse carrying the request's request_id, and `AuthorizeStream` answe
 with the same. So `authorize / empty` throughput is the share of the stack's capacity that
 payauth's own work leaves.
 
-With `--redis-url` and `--round-trips N`, each `Authorize` first waits for N round trips of a
-PING to that Redis, one after the other, through payauth's own shared pipeline (one
-`PipelineBatcher` on one pipelined connection per worker, as a payauth worker has): the
-benchmark's `empty_redis` mode, what the stack costs a handler that waits for Redis as often as
-an Authorize does, before any of payauth's work.
+With `--redis-url` and `--round-trips N`, each `Authorize` first waits for N round trips to
+that Redis, one after the other, through payauth's own shared pipeline (one `PipelineBatcher`
+on one pipelined connection per worker, as a payauth worker has): PINGs, the last one an INCR,
+a write that a Redis with `appendfsync always` answers only once its append-only file holds it,
+as it answers payauth's commit. The benchmark's `empty_redis` mode: what the decided design
+costs a handler that waits for Redis as often and as long as an Authorize does (a read, then a
+synced write), before any of payauth's work.
 
 Run as `python -m benchmarks.e2e.empty_server --port P --workers N` from the repository root;
 it prints one "empty handler serving on ..." line once every worker serves, and stops its
@@ -52,6 +54,8 @@ FIXED = authorizer_pb2.AuthorizeResponse(
 FIXED.decided_at.FromMilliseconds(0)
 
 PING = (("PING",),)
+# The last round trip: a write, so that it waits for the AOF's fsync as a commit does.
+WRITE = (("INCR", "bench:empty_redis:writes"),)
 SERVICE_NAME = authorizer_pb2.DESCRIPTOR.services_by_name["Authorizer"].full_name
 
 
@@ -64,8 +68,8 @@ def fixed_answer(request: authorizer_pb2.AuthorizeRequest) -> authorizer_pb2.Aut
 
 
 class EmptyAuthorizer(authorizer_pb2_grpc.AuthorizerServicer):
-    """Authorize and AuthorizeStream answered at once (Authorize after `round_trips` PINGs
-    through `batcher`); the other RPCs stay UNIMPLEMENTED."""
+    """Authorize and AuthorizeStream answered at once (Authorize after `round_trips` round
+    trips through `batcher`, the last a write); the other RPCs stay UNIMPLEMENTED."""
 
     def __init__(self, batcher: PipelineBatcher | None = None, round_trips: int = 0) -> None:
         self._batcher = batcher
@@ -74,8 +78,8 @@ class EmptyAuthorizer(authorizer_pb2_grpc.AuthorizerServicer):
     async def Authorize(  # noqa: N802 - gRPC method name
         self, request: authorizer_pb2.AuthorizeRequest, context: grpc.aio.ServicerContext
     ) -> authorizer_pb2.AuthorizeResponse:
-        for _ in range(self._round_trips):
-            await self._batcher.run(PING)  # type: ignore[union-attr]
+        for trip in range(self._round_trips, 0, -1):
+            await self._batcher.run(WRITE if trip == 1 else PING)  # type: ignore[union-attr]
         return fixed_answer(request)
 
     async def AuthorizeStream(  # noqa: N802
@@ -132,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--redis-url", default=None,
-                        help="the Redis each Authorize sends its PINGs to")
+                        help="the Redis each Authorize waits for")
     parser.add_argument("--round-trips", type=int, default=0,
-                        help="PING round trips per Authorize, one after the other (default 0)")
+                        help="round trips to that Redis per Authorize, one after the other: "
+                             "PINGs, the last a write (default 0)")
     args = parser.parse_args(argv)
 
     stop = False

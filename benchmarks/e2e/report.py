@@ -167,12 +167,16 @@ def summary(doc: dict[str, Any]) -> str:
         lines.append(
             f"latency at {low['level']} (a request seldom meets another): authorize "
             f"{_latency_ms(low['authorize'])} ms (p50 / p99 / p99.9); the empty handler "
-            f"{_latency_ms(low['empty'])} ms")
+            f"{_latency_ms(low['empty'])} ms"
+            + (f", empty_redis {_latency_ms(low['empty_redis'])} ms"
+               if "empty_redis" in low else ""))
     if floor:
         lines.append(
             f"latency at Authorize's 50 % ({floor['offered_rps']:.0f}/s offered): authorize "
             f"{_latency_ms(floor['authorize'])} ms (p50 / p99 / p99.9); the empty handler at "
-            f"the same load {_latency_ms(floor['empty'])} ms")
+            f"the same load {_latency_ms(floor['empty'])} ms"
+            + (f", empty_redis {_latency_ms(floor['empty_redis'])} ms"
+               if "empty_redis" in floor else ""))
         late = [floor[name].get("wakeup_us") for name in ("authorize", "empty")]
         if None not in late:
             lines.append(f"wake-up lateness of a sleeping process at that load: authorize "
@@ -215,7 +219,32 @@ def summary(doc: dict[str, Any]) -> str:
     lines.append("targets: " + ", ".join(
         f"{k}={'yes' if v else 'NO'}{rounds_and_interval(k)}"
         for k, v in doc["targets"].items()))
+    reach = latency_reach(doc)
+    if reach:
+        lines.append(reach)
     return "\n".join(lines)
+
+
+# How the summary names the floors under Authorize's latency.
+_FLOOR_NAMES = {"empty": "the empty handler", "empty_redis": "empty_redis"}
+
+
+def latency_reach(doc: dict[str, Any]) -> str:
+    """The latency targets against the floors under them (`targets.latency_target_floor`),
+    one line; empty when the run had no floor."""
+    verdicts = doc.get("latency_target_floor") or {}
+    low = (doc.get("latency_floor_ms") or {}).get("low_rate")
+    parts = []
+    for target, v in verdicts.items():
+        floors = ", ".join(f"{_FLOOR_NAMES.get(mode, mode)} {ms:.2f} ms"
+                           for mode, ms in v["floors_ms"].items())
+        alone = (f" (alone at {low['level']}: "
+                 + ", ".join(f"{ms:.2f}" for ms in v["alone_ms"].values()) + " ms)"
+                 if low and v["alone_ms"] else "")
+        parts.append(f"{target}: authorize {v['authorize_ms']:.2f} ms; at the same load "
+                     f"{floors}{alone}: {v['verdict']}")
+    return ("latency targets against the floors under them: " + "; ".join(parts)
+            if parts else "")
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:

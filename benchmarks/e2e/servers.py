@@ -121,7 +121,7 @@ def payauth_server(folder: Path, workers: int, redis_url: str | None,
 def empty_server(folder: Path, workers: int, redis_url: str | None = None,
                  round_trips: int = 0) -> ServerProcess:
     """The empty handler (benchmarks.e2e.empty_server) on a free port; with `round_trips`,
-    each Authorize first waits for that many PINGs to `redis_url`."""
+    each Authorize first waits for that many round trips to `redis_url`, the last a write."""
     port = free_port()
     args = [sys.executable, "-m", "benchmarks.e2e.empty_server", "--port", str(port),
             "--workers", str(workers)]
