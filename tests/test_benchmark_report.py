@@ -1,5 +1,5 @@
 """The e2e benchmark's summary lines: what Redis's latency monitor saw over a run's phases, and
-the latency targets against the empty handler's floor."""
+the latency targets against the floors under them."""
 
 from __future__ import annotations
 

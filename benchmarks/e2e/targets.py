@@ -1,6 +1,7 @@
 """The targets the end-to-end benchmark checks, and the verdicts a run gives on them: the
 throughput targets (authorize/empty, stream/authorize) on the confidence interval of their
-rounds' median, the latency targets against the floor the empty handler sets at the same load.
+rounds' median, the latency targets against the floors that the empty handler and empty_redis
+set at the same load.
 
 Apart from the harness and on the standard library alone, so that the test suite checks these
 statistics without the benchmark's own dependencies.
