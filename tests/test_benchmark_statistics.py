@@ -1,5 +1,5 @@
 """The e2e benchmark's statistics: the confidence interval of a median and the verdicts taken
-on it, the latency targets against the empty handler's floor, and the order of the modes in its
+on it, the latency targets against the floors under them, and the order of the modes in its
 rounds."""
 
 from __future__ import annotations

@@ -248,7 +248,6 @@ class Harness:
         self.load_s = 0.0
         self.compactions = 0  # AOF rewrites the harness asked for between phases
         self.client_grpc_environment: dict[str, str] = {}  # what the clients started with
-        self.watch_redis_stalls = False  # Redis's latency monitor read around each phase
         self.compact_s = 0.0
         self.compact_cpu_s = 0.0  # their children's CPU
         self.compact_base_bytes = 0  # the last rewrite's file
@@ -265,6 +264,12 @@ class Harness:
         self.fsync_idle_after: dict[str, Any] | None = None
 
     # -- set-up and tear-down -----------------------------------------------------------------
+
+    @property
+    def watch_redis_stalls(self) -> bool:
+        """Whether Redis's latency monitor is set and read around each phase: on the embedded
+        Redis only, the harness's own to configure (a given one is used as it is)."""
+        return not self.args.redis_url
 
     def start_servers(self) -> None:
         """Start both servers at once and wait for both."""
@@ -291,9 +296,8 @@ class Harness:
         for server in self.other_servers.values():
             server.wait_serving()
         self.redis = redis.Redis.from_url(url, socket_timeout=10)
-        if not a.redis_url:  # the embedded Redis is the harness's own to configure
+        if self.watch_redis_stalls:
             self.redis.config_set("latency-monitor-threshold", REDIS_STALL_THRESHOLD_MS)
-            self.watch_redis_stalls = True
         tree = self.payauth.tree()
         self.cpu_groups["payauth"] = [p for p, name in tree.items() if name != "redis-server"]
         self.redis_pids = [p for p, name in tree.items() if name == "redis-server"]
